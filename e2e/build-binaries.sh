@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from
+# Go modules into $E2E_ROOT/bin/<k8s version>. Idempotent: a binary already reporting the pinned
+# version is not rebuilt. Everything lives outside the repo (never commit binaries).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+. "$here/versions.env"
+E2E_ROOT=${E2E_ROOT:-/var/tmp/istio-install-operator-e2e}
+BIN=$E2E_ROOT/bin/$K8S_VERSION
+STAGING_VERSION=v0.${K8S_VERSION#v1.}
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+mkdir -p "$BIN"
+
+log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+has_version() { # has_version <binary> <expected substring>
+  [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q -- "$2"
+}
+
+build_kube() {
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=() b
+  for b in "${want[@]}"; do has_version "$BIN/$b" "$K8S_VERSION" || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && { log "kubernetes $K8S_VERSION binaries present"; return; }
+  log "building ${missing[*]} $K8S_VERSION"
+  local src=$E2E_ROOT/src/kube-$K8S_VERSION
+  mkdir -p "$src" && cd "$src"
+  if [ ! -f .resolved ]; then
+    rm -f go.mod go.sum
+    go mod init e2e.invalid/kubebins >/dev/null 2>&1
+    local gomod
+    gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\([^"]*\)".*/\1/p')
+    [ -f "$gomod" ] || { echo "cannot download k8s.io/kubernetes@$K8S_VERSION go.mod" >&2; exit 1; }
+    # k8s.io/kubernetes maps its staging modules to ./staging; a dependent must pin the published tags.
+    local m
+    for m in $(sed -n -E 's#^[[:space:]]*(replace[[:space:]]+)?(k8s\.io/[A-Za-z0-9._-]+)[[:space:]]*=>[[:space:]]*\./staging/.*#\2#p' "$gomod"); do
+      go mod edit -replace="$m=$m@$STAGING_VERSION"
+    done
+    # Upstream's GODEBUG defaults; a dependency's godebug lines are ignored otherwise.
+    awk '/^godebug[[:space:]]*\(/{b=1;next} b&&/^\)/{b=0;next} b{print $1;next} /^godebug[[:space:]]+[^(]/{print $2}' "$gomod" |
+      while read -r kv; do [ -n "$kv" ] && go mod edit -godebug="$kv"; done
+    local c tools=()
+    for c in "${want[@]}"; do tools+=("k8s.io/kubernetes/cmd/$c@$K8S_VERSION"); done
+    go get -tool "${tools[@]}"
+    touch .resolved
+  fi
+  local minor now ldflags p pkgs=()
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  ldflags="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$now"
+  done
+  for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  go build -p "$(nproc)" -trimpath -ldflags "$ldflags" -o "$BIN/" "${pkgs[@]}"
+}
+
+build_etcd() {
+  has_version "$BIN/etcd" "${ETCD_VERSION#v}" && { log "etcd $ETCD_VERSION present"; return; }
+  log "building etcd $ETCD_VERSION"
+  local src=$E2E_ROOT/src/etcd-$ETCD_VERSION
+  mkdir -p "$src" && cd "$src"
+  [ -f go.mod ] || go mod init e2e.invalid/etcdbin >/dev/null 2>&1
+  go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
+}
+
+build_kwok() {
+  has_version "$BIN/kwok" "${KWOK_VERSION#v}" && { log "kwok $KWOK_VERSION present"; return; }
+  log "building kwok $KWOK_VERSION"
+  # Its own module graph: kwok is built against newer k8s libraries than the control plane.
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+}
+
+case "${1:-all}" in
+  etcd) build_etcd ;;
+  kube) build_kube ;;
+  kwok) build_kwok ;;
+  all) build_etcd; build_kwok; build_kube ;;
+  *) echo "usage: $0 [all|etcd|kube|kwok]" >&2; exit 2 ;;
+esac
+log "done: $BIN"
