@@ -15,7 +15,14 @@ mkdir -p "$BIN"
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 has_version() { # has_version <binary> <expected substring>
-  [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q -- "$2"
+  [ -x "$1" ] || return 1
+  local out
+  # kubectl has no --version flag; every other binary prints its version with it.
+  case "$(basename "$1")" in
+    kubectl) out=$("$1" version --client 2>/dev/null) ;;
+    *) out=$("$1" --version 2>/dev/null) ;;
+  esac || return 1
+  grep -q -- "$2" <<<"$out"
 }
 
 build_kube() {
@@ -65,11 +72,29 @@ build_etcd() {
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3
 }
 
+# The kwok binary has no built-in Stages; cluster.sh feeds it the "fast" ones from the module
+# source. Copy them next to the binaries so that running the cluster needs no Go toolchain.
+copy_kwok_stages() {
+  local src dst=$BIN/kwok-stages
+  [ -f "$dst/node/fast/node-initialize.yaml" ] && return 0
+  src=$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION/kustomize/stage
+  [ -d "$src" ] || go mod download "sigs.k8s.io/kwok@$KWOK_VERSION"
+  rm -rf "$dst.tmp" && mkdir -p "$dst.tmp"
+  (cd "$src" && find node pod -name '*.yaml' -not -path '*/testdata/*' -not -name kustomization.yaml |
+    while read -r f; do mkdir -p "$dst.tmp/$(dirname "$f")" && cp "$f" "$dst.tmp/$f"; done)
+  chmod -R u+w "$dst.tmp" && mv "$dst.tmp" "$dst"
+  log "kwok stages copied to $dst"
+}
+
 build_kwok() {
-  has_version "$BIN/kwok" "${KWOK_VERSION#v}" && { log "kwok $KWOK_VERSION present"; return; }
-  log "building kwok $KWOK_VERSION"
-  # Its own module graph: kwok is built against newer k8s libraries than the control plane.
-  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  if has_version "$BIN/kwok" "${KWOK_VERSION#v}"; then
+    log "kwok $KWOK_VERSION present"
+  else
+    log "building kwok $KWOK_VERSION"
+    # Its own module graph: kwok is built against newer k8s libraries than the control plane.
+    GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  fi
+  copy_kwok_stages
 }
 
 case "${1:-all}" in

@@ -1,1 +1,11 @@
-pub fn placeholder() {}
+//! istio-install-operator: installs and upgrades Istio from one `IstioInstall` resource.
+//!
+//! The data flows one way: [`validate`] turns a spec into a [`validate::ValidatedInstall`],
+//! [`render`] turns that into Kubernetes objects, and only the controller talks to the cluster.
+
+pub mod api;
+pub mod bundle;
+pub mod overlay;
+pub mod render;
+pub mod validate;
+pub mod values;

@@ -1,0 +1,197 @@
+//! The `IstioInstall` API (`istioinstall.io/v1alpha1`): spec, status and CRD generation.
+//!
+//! Rules the API server can check alone (formats, names, uniqueness) live here as schema and CEL
+//! rules, so a bad spec is refused at admission. Rules that need the bundled charts (does this
+//! version exist, is this values key known) are checked by [`crate::validate`].
+
+mod components;
+mod status;
+
+pub use components::*;
+pub use status::*;
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Field manager and `app.kubernetes.io/managed-by` value of everything this operator writes.
+pub const MANAGER: &str = "istio-install-operator";
+pub const GROUP: &str = "istioinstall.io";
+
+/// Installs one Istio control plane (and its data plane components) from the upstream charts of
+/// one Istio release. Change `version` to upgrade.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "istioinstall.io",
+    version = "v1alpha1",
+    kind = "IstioInstall",
+    plural = "istioinstalls",
+    shortname = "ii",
+    category = "istio",
+    status = "IstioInstallStatus",
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Installed","type":"string","jsonPath":".status.installedVersion"}"#,
+    printcolumn = r#"{"name":"Profile","type":"string","jsonPath":".spec.profile"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".spec.revision","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioInstallSpec {
+    /// The Istio release to install: a minor such as `1.24` (the newest bundled patch of it) or an
+    /// exact release such as `1.24.6`. Changing it upgrades the installation.
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^[0-9]+[.][0-9]+([.][0-9]+)?$')"
+    ).message("version must be an Istio minor (1.24) or an exact release (1.24.6)"))]
+    pub version: String,
+
+    /// The installation profile of that release, as with `istioctl install --set profile=`:
+    /// default, demo, minimal, empty, ambient, preview, stable, remote (1.24 and later).
+    /// Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self in ['default', 'demo', 'minimal', 'empty', 'ambient', 'preview', 'stable', 'remote']"
+    ).message("profile must be one of default, demo, minimal, empty, ambient, preview, stable, remote"))]
+    pub profile: Option<String>,
+
+    /// Namespace of the control plane (istiod, and by default every other component).
+    /// Defaults to `istio-system`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+    ).message("namespace must be a DNS label: lower-case letters, digits and '-', at most 63 characters"))]
+    pub namespace: Option<String>,
+
+    /// Control-plane revision (`istiod-<revision>`), for revision-based (canary) upgrades.
+    /// Empty means the default revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self == '' || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+    ).message("revision must be a DNS label such as 1-24-6 (lower-case letters, digits and '-')"))]
+    pub revision: Option<String>,
+
+    /// Image registry for every component; overrides `values.global.hub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub: Option<String>,
+
+    /// Image tag for every component; overrides `values.global.tag`. Defaults to the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+
+    /// Helm values, exactly as passed to the upstream charts through IstioOperator `values`
+    /// (`global`, `pilot`, `cni`, `ztunnel`, `gateways`, `sidecarInjectorWebhook`,
+    /// `revisionTags`, `compatibilityVersion`, …). Unknown keys are rejected with the key named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub values: Option<serde_json::Value>,
+
+    /// Mesh-wide configuration (the `mesh` key of the `istio` ConfigMap), merged over the
+    /// release defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub mesh_config: Option<serde_json::Value>,
+
+    /// Which components to install, where, and Kubernetes-level overrides for each.
+    /// Unset components follow the profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Components>,
+
+    /// Waypoint proxies (Gateway API `Gateway`s of class `istio-waypoint`) for ambient mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(w, self.exists_one(o, o.namespace == w.namespace && o.name == w.name))"
+    ).message("waypoints must be unique by namespace and name"))]
+    pub waypoints: Vec<Waypoint>,
+}
+
+/// A waypoint proxy for ambient mode.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Waypoint {
+    /// Namespace of the waypoint.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("waypoint namespace must be a DNS label"))]
+    pub namespace: String,
+    /// Name of the waypoint Gateway. Defaults to `waypoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("waypoint name must be a DNS label"))]
+    pub name: Option<String>,
+    /// Traffic the waypoint handles: service (default), workload, all or none.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "for")]
+    #[x_kube(validation = kube::core::Rule::new("self in ['service', 'workload', 'all', 'none']")
+        .message("waypoint 'for' must be one of service, workload, all, none"))]
+    pub for_traffic: Option<String>,
+    /// Which namespaces may use the waypoint: Same (default), All, or Selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self in ['Same', 'All', 'Selector']")
+        .message("allowedNamespaces must be one of Same, All, Selector"))]
+    pub allowed_namespaces: Option<String>,
+    /// Label selector of the namespaces allowed with `allowedNamespaces: Selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Enrol the waypoint's namespace in ambient mode (`istio.io/dataplane-mode=ambient`) and
+    /// point it at this waypoint (`istio.io/use-waypoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enroll_namespace: Option<bool>,
+    /// Other namespaces to enrol in ambient mode and point at this waypoint
+    /// (`istio.io/use-waypoint-namespace` when it is not their own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub use_from_namespaces: Vec<String>,
+}
+
+pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+// Typed in Rust (so a bad value is reported by field), free-form in the CRD: inlining the full
+// Kubernetes schemas of Affinity, EnvVar, … six times over would make the CRD too large for
+// client-side `kubectl apply` (its last-applied annotation is limited to 256 KiB).
+pub(crate) fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+pub(crate) fn free_form_any(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
+/// The CRD as YAML, exactly as committed under `crds/`.
+pub fn crd_yaml() -> String {
+    let crd = IstioInstall::crd();
+    let mut out = String::from("# Generated by `istio-install-operator crd`; do not edit.\n");
+    out.push_str(&serde_saphyr::to_string(&crd).expect("the CRD serializes"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_matches_the_rust_types() {
+        let committed = include_str!("../../../crds/istioinstall.io_istioinstalls.yaml");
+        assert!(
+            committed == crd_yaml(),
+            "crds/istioinstall.io_istioinstalls.yaml is stale: run `make crds` and commit it"
+        );
+    }
+
+    #[test]
+    fn crd_is_cluster_scoped_with_short_name() {
+        let crd = IstioInstall::crd();
+        assert_eq!(crd.spec.scope, "Cluster");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["ii".to_string()]));
+    }
+}

@@ -1,0 +1,301 @@
+//! The embedded version bundles: one folder per Istio minor under `charts/`, compiled into the
+//! binary. A bundle is data only (its releases, profiles, values layers and templates), so adding
+//! a minor is a new folder, not new code.
+//!
+//! ```text
+//! charts/<minor>/bundle.yaml                  releases, hub, profiles, compatibility versions, platforms
+//! charts/<minor>/profiles/<profile>.yaml      IstioOperator profile: components + values
+//! charts/<minor>/values/defaults/*.yaml       chart defaults in IstioOperator `values` shape (deep-merged)
+//! charts/<minor>/values/profile-<p>.yaml      chart-level profile layer (`values.profile`)
+//! charts/<minor>/values/compatibility-<v>.yaml  `values.compatibilityVersion` layer
+//! charts/<minor>/values/platform-<p>.yaml     `values.global.platform` layer
+//! charts/<minor>/templates/<component>/*.yaml minijinja templates, one component per folder
+//! charts/<minor>/templates/<component>/files/ raw files the templates embed (injection templates)
+//! ```
+
+use include_dir::{Dir, include_dir};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::OnceLock;
+
+static CHARTS: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../charts");
+
+/// What `bundle.yaml` declares about a minor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BundleManifest {
+    /// Every patch release this bundle renders, oldest first.
+    pub releases: Vec<String>,
+    /// Default image registry.
+    pub hub: String,
+    /// `values.compatibilityVersion` values this minor accepts.
+    #[serde(default)]
+    pub compatibility_versions: Vec<String>,
+    /// `values.global.platform` values this minor accepts.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Chart-level profiles (`values.profile`) this minor accepts.
+    #[serde(default)]
+    pub chart_profiles: Vec<String>,
+}
+
+/// One Istio minor: its manifest and the files of its folder.
+pub struct Bundle {
+    pub minor: String,
+    pub manifest: BundleManifest,
+    dir: &'static Dir<'static>,
+}
+
+/// An exact release resolved from `spec.version`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Release {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+impl Release {
+    pub fn parse(s: &str) -> Option<Release> {
+        let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
+        let (major, minor, patch) = (it.next()??, it.next()??, it.next()??);
+        it.next().is_none().then_some(Release {
+            major,
+            minor,
+            patch,
+        })
+    }
+    pub fn minor_string(&self) -> String {
+        format!("{}.{}", self.major, self.minor)
+    }
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BundleError {
+    #[error("spec.version: {found:?} is not bundled; expected one of {expected}")]
+    UnknownVersion { found: String, expected: String },
+    #[error(
+        "spec.version: {found:?} is not a version; expected a minor such as 1.24 or a release such as 1.24.6"
+    )]
+    BadVersion { found: String },
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle")
+            .field("minor", &self.minor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bundle {
+    /// A file of this bundle as text, by path relative to the minor's folder.
+    pub fn file(&self, path: &str) -> Option<&'static str> {
+        self.dir
+            .get_file(format!("{}/{path}", self.minor))
+            .and_then(|f| f.contents_utf8())
+    }
+
+    /// A YAML file of this bundle parsed to JSON values; `None` when absent.
+    pub fn yaml(&self, path: &str) -> Option<Value> {
+        self.file(path).map(|text| {
+            parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor))
+        })
+    }
+
+    /// Every file under `dir` (relative to the minor), as (path relative to the minor, text).
+    pub fn files_under(&self, dir: &str) -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        if let Some(d) = self.dir.get_dir(format!("{}/{dir}", self.minor)) {
+            collect_files(d, &self.minor, &mut out);
+        }
+        out.sort();
+        out
+    }
+
+    /// Profiles of this minor (`profiles/<name>.yaml`).
+    pub fn profiles(&self) -> Vec<String> {
+        self.files_under("profiles")
+            .into_iter()
+            .filter_map(|(p, _)| {
+                p.strip_prefix("profiles/")
+                    .and_then(|n| n.strip_suffix(".yaml"))
+                    .map(String::from)
+            })
+            .collect()
+    }
+
+    /// The chart defaults: every `values/defaults/*.yaml` deep-merged. Two files setting the same
+    /// leaf to different values is a bundle bug and panics (a unit test loads every bundle).
+    pub fn default_values(&self) -> Value {
+        let mut merged = Value::Object(Default::default());
+        for (path, text) in self.files_under("values/defaults") {
+            let layer =
+                parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor));
+            if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
+                panic!(
+                    "charts/{}/{path}: {conflict} is also set by another defaults file",
+                    self.minor
+                );
+            }
+        }
+        merged
+    }
+}
+
+fn collect_files(dir: &'static Dir<'static>, minor: &str, out: &mut Vec<(String, &'static str)>) {
+    for f in dir.files() {
+        if let Some(text) = f.contents_utf8() {
+            let rel = f.path().to_string_lossy();
+            let rel = rel
+                .strip_prefix(&format!("{minor}/"))
+                .unwrap_or(&rel)
+                .to_string();
+            out.push((rel, text));
+        }
+    }
+    for d in dir.dirs() {
+        collect_files(d, minor, out);
+    }
+}
+
+/// Parses one YAML document into JSON values (empty text is an empty object).
+pub fn parse_yaml(text: &str) -> Result<Value, String> {
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string())
+}
+
+/// All bundles, newest minor last.
+pub fn bundles() -> &'static [Bundle] {
+    static ALL: OnceLock<Vec<Bundle>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut all: Vec<Bundle> = CHARTS
+            .dirs()
+            .filter_map(|dir| {
+                let minor = dir.path().to_string_lossy().to_string();
+                let text = dir
+                    .get_file(format!("{minor}/bundle.yaml"))?
+                    .contents_utf8()?;
+                let manifest: BundleManifest = serde_saphyr::from_str(text)
+                    .unwrap_or_else(|e| panic!("charts/{minor}/bundle.yaml: {e}"));
+                Some(Bundle {
+                    minor,
+                    manifest,
+                    dir,
+                })
+            })
+            .collect();
+        all.sort_by_key(|b| Release::parse(&format!("{}.0", b.minor)));
+        all
+    })
+}
+
+/// Every bundled release, oldest first.
+pub fn releases() -> Vec<Release> {
+    bundles()
+        .iter()
+        .flat_map(|b| b.manifest.releases.iter().filter_map(|r| Release::parse(r)))
+        .collect()
+}
+
+/// Resolves `spec.version` (`1.24` or `1.24.6`) to a bundled release and its bundle.
+pub fn resolve(version: &str) -> Result<(Release, &'static Bundle), BundleError> {
+    let version = version.trim().trim_start_matches('v');
+    let parts: Vec<&str> = version.split('.').collect();
+    if !(2..=3).contains(&parts.len())
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.parse::<u32>().is_err())
+    {
+        return Err(BundleError::BadVersion {
+            found: version.to_string(),
+        });
+    }
+    let minor = format!("{}.{}", parts[0], parts[1]);
+    let expected = || {
+        let all: Vec<String> = releases().iter().map(|r| r.to_string()).collect();
+        let minors: Vec<&str> = bundles().iter().map(|b| b.minor.as_str()).collect();
+        format!("{} (or a minor: {})", all.join(", "), minors.join(", "))
+    };
+    let bundle =
+        bundles()
+            .iter()
+            .find(|b| b.minor == minor)
+            .ok_or_else(|| BundleError::UnknownVersion {
+                found: version.to_string(),
+                expected: expected(),
+            })?;
+    let release = if parts.len() == 2 {
+        bundle
+            .manifest
+            .releases
+            .iter()
+            .filter_map(|r| Release::parse(r))
+            .max()
+    } else {
+        bundle
+            .manifest
+            .releases
+            .iter()
+            .filter_map(|r| Release::parse(r))
+            .find(|r| r.to_string() == version)
+    };
+    release
+        .map(|r| (r, bundle))
+        .ok_or_else(|| BundleError::UnknownVersion {
+            found: version.to_string(),
+            expected: expected(),
+        })
+}
+
+/// Profiles by minor, for help texts and error messages.
+pub fn profiles_by_minor() -> BTreeMap<String, Vec<String>> {
+    bundles()
+        .iter()
+        .map(|b| (b.minor.clone(), b.profiles()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bundle_loads_its_defaults_and_profiles() {
+        assert!(!bundles().is_empty());
+        for b in bundles() {
+            assert!(b.default_values().is_object(), "{}", b.minor);
+            for p in b.profiles() {
+                assert!(b.yaml(&format!("profiles/{p}.yaml")).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn a_minor_resolves_to_its_newest_patch() {
+        let (r, b) = resolve("1.24").unwrap();
+        assert_eq!(r.to_string(), "1.24.6");
+        assert_eq!(b.minor, "1.24");
+        assert_eq!(resolve("1.23.2").unwrap().0.to_string(), "1.23.2");
+    }
+
+    #[test]
+    fn unknown_versions_name_what_exists() {
+        let err = resolve("1.99.1").unwrap_err().to_string();
+        assert!(err.contains("1.24.6") && err.contains("1.99.1"), "{err}");
+        assert!(matches!(
+            resolve("one").unwrap_err(),
+            BundleError::BadVersion { .. }
+        ));
+        assert!(resolve("1.24.9").is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! render: a [`ValidatedInstall`] in, Kubernetes objects out, grouped by component and in apply
+//! order. Pure. Templates produce text once; everything after (namespaces, labels, Kubernetes
+//! overrides, overlays, ordering) works on structured objects.
+
+mod k8s;
+
+use crate::api::MANAGER;
+use crate::bundle::{self, parse_yaml};
+use crate::validate::{ComponentKind, ValidatedComponent, ValidatedInstall};
+use minijinja::value::Serde;
+use minijinja::{Environment, Error as TemplateError, ErrorKind, State, UndefinedBehavior};
+use serde_json::{Value, json};
+use std::sync::OnceLock;
+
+/// Label on every rendered object: the component it belongs to.
+pub const COMPONENT_LABEL: &str = "istioinstall.io/component";
+/// Label on every rendered object: the IstioInstall that owns it.
+pub const INSTALL_LABEL: &str = "istioinstall.io/install";
+
+/// One rendered object and the component it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedObject {
+    pub component: ComponentKind,
+    /// `base`, `pilot`, `cni`, `ztunnel` or the gateway name.
+    pub component_name: String,
+    pub object: Value,
+}
+
+impl RenderedObject {
+    pub fn kind(&self) -> &str {
+        self.object["kind"].as_str().unwrap_or_default()
+    }
+    pub fn name(&self) -> &str {
+        self.object["metadata"]["name"].as_str().unwrap_or_default()
+    }
+    pub fn namespace(&self) -> Option<&str> {
+        self.object["metadata"]["namespace"].as_str()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderError {
+    /// A template refused the values (a `fail(...)` in the template) or broke.
+    #[error("{message} (template charts/{template}{})", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Template {
+        template: String,
+        line: Option<usize>,
+        message: String,
+    },
+    #[error("charts/{template} rendered invalid YAML: {message}")]
+    Yaml { template: String, message: String },
+    #[error("spec.components.{component}.k8s: {message}")]
+    Override { component: String, message: String },
+}
+
+/// Kinds that are cluster-scoped (they get no namespace).
+pub fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(
+        kind,
+        "ClusterRole"
+            | "ClusterRoleBinding"
+            | "CustomResourceDefinition"
+            | "MutatingWebhookConfiguration"
+            | "ValidatingWebhookConfiguration"
+            | "ValidatingAdmissionPolicy"
+            | "ValidatingAdmissionPolicyBinding"
+            | "Namespace"
+            | "PriorityClass"
+            | "GatewayClass"
+    )
+}
+
+/// Apply order within a component: what others refer to goes first, webhooks last (they point
+/// at a Service that must be serving).
+fn kind_rank(kind: &str) -> usize {
+    const ORDER: &[&str] = &[
+        "CustomResourceDefinition",
+        "Namespace",
+        "ResourceQuota",
+        "ServiceAccount",
+        "Secret",
+        "ConfigMap",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Endpoints",
+        "DaemonSet",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ];
+    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
+}
+
+fn environment() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .expect("valid syntax config"),
+        );
+        for b in bundle::bundles() {
+            for (path, text) in b.files_under("templates") {
+                if path.contains("/files/") {
+                    continue;
+                }
+                env.add_template_owned(format!("{}/{path}", b.minor), text)
+                    .unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", b.minor));
+            }
+        }
+        env.add_function("fail", |msg: String| -> Result<(), TemplateError> {
+            Err(TemplateError::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("file", read_file);
+        env.add_filter(
+            "toyaml",
+            |v: Serde<Value>| -> Result<String, TemplateError> {
+                serde_saphyr::to_string(&v.0)
+                    .map_err(|e| TemplateError::new(ErrorKind::InvalidOperation, e.to_string()))
+            },
+        );
+        env.add_filter(
+            "merge",
+            |a: Serde<Value>, b: Serde<Value>| -> minijinja::Value {
+                let mut a = a.0;
+                crate::values::merge(&mut a, b.0);
+                minijinja::Value::from(Serde(a))
+            },
+        );
+        env
+    })
+}
+
+/// `file("files/sidecar.yaml")`: a raw file next to the calling template (not rendered).
+fn read_file(state: &State, path: String) -> Result<String, TemplateError> {
+    let name = state.name();
+    let (minor, rest) = name.split_once('/').unwrap_or((name, ""));
+    let dir = rest.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+    bundle::bundles()
+        .iter()
+        .find(|b| b.minor == minor)
+        .and_then(|b| b.file(&format!("{dir}/{path}")))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            TemplateError::new(
+                ErrorKind::TemplateNotFound,
+                format!("no file {dir}/{path} in charts/{minor}"),
+            )
+        })
+}
+
+/// Renders every enabled component. `owner` is the IstioInstall's name, recorded as a label.
+pub fn render(
+    install: &ValidatedInstall,
+    owner: Option<&str>,
+) -> Result<Vec<RenderedObject>, RenderError> {
+    let env = environment();
+    let bundle = install.bundle();
+    let mut out = Vec::new();
+    for component in &install.components {
+        let dir = format!("templates/{}/", component.kind.template_dir());
+        let ctx = context(install, component);
+        let mut objects = Vec::new();
+        for (path, _) in bundle.files_under(&dir) {
+            if path.contains("/files/") || !path.ends_with(".yaml") {
+                continue;
+            }
+            let name = format!("{}/{path}", bundle.minor);
+            let tmpl = env.get_template(&name).expect("every template was loaded");
+            let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
+            for doc in split_documents(&text) {
+                let value = parse_yaml(doc).map_err(|message| RenderError::Yaml {
+                    template: name.clone(),
+                    message,
+                })?;
+                if value.as_object().is_some_and(|o| o.contains_key("kind")) {
+                    objects.push(value);
+                }
+            }
+        }
+        for obj in &mut objects {
+            finish_metadata(obj, component, owner);
+        }
+        if let Some(k8s) = &component.k8s {
+            k8s::apply_overrides(&mut objects, k8s).map_err(|message| RenderError::Override {
+                component: component.kind.field().to_string(),
+                message,
+            })?;
+        }
+        objects.sort_by_key(|o| kind_rank(o["kind"].as_str().unwrap_or_default()));
+        out.extend(objects.into_iter().map(|object| RenderedObject {
+            component: component.kind,
+            component_name: component.name.clone(),
+            object,
+        }));
+    }
+    Ok(out)
+}
+
+fn context(install: &ValidatedInstall, component: &ValidatedComponent) -> minijinja::Value {
+    let gateway = match component.kind {
+        ComponentKind::IngressGateway | ComponentKind::EgressGateway => {
+            let ingress = component.kind == ComponentKind::IngressGateway;
+            let key = if ingress {
+                "istio-ingressgateway"
+            } else {
+                "istio-egressgateway"
+            };
+            json!({
+                "name": component.name,
+                "type": if ingress { "ingress" } else { "egress" },
+                "labels": component.labels,
+                "values": install.values["gateways"][key],
+            })
+        }
+        _ => Value::Null,
+    };
+    minijinja::Value::from(Serde(json!({
+        "values": install.values,
+        "release": {
+            "version": install.release.to_string(),
+            "minor": install.release.minor_string(),
+            "patch": install.release.patch,
+        },
+        "profile": install.profile,
+        "revision": install.revision,
+        "namespace": component.namespace,
+        "istioNamespace": install.namespace,
+        "component": component.kind.field(),
+        "gateway": gateway,
+    })))
+}
+
+fn template_error(name: &str, e: &TemplateError) -> RenderError {
+    let message = match e.kind() {
+        ErrorKind::InvalidOperation => e.detail().unwrap_or("template failed").to_string(),
+        _ => e.to_string(),
+    };
+    RenderError::Template {
+        template: e.name().unwrap_or(name).to_string(),
+        line: e.line(),
+        message,
+    }
+}
+
+/// Splits multi-document YAML on `---` lines.
+fn split_documents(text: &str) -> impl Iterator<Item = &str> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            docs.push(&text[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    docs.push(&text[start..]);
+    docs.into_iter().filter(|d| !d.trim().is_empty())
+}
+
+fn finish_metadata(obj: &mut Value, component: &ValidatedComponent, owner: Option<&str>) {
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let meta = obj
+        .as_object_mut()
+        .expect("objects are maps")
+        .entry("metadata")
+        .or_insert_with(|| json!({}));
+    if is_cluster_scoped(&kind) {
+        meta.as_object_mut().map(|m| m.remove("namespace"));
+    } else if meta.get("namespace").is_none() {
+        meta["namespace"] = json!(component.namespace);
+    }
+    let labels = meta
+        .as_object_mut()
+        .expect("metadata is a map")
+        .entry("labels")
+        .or_insert_with(|| json!({}));
+    labels["app.kubernetes.io/managed-by"] = json!(MANAGER);
+    labels[COMPONENT_LABEL] = json!(component.name);
+    if let Some(owner) = owner {
+        labels[INSTALL_LABEL] = json!(owner);
+    }
+}
+
+/// Objects as multi-document YAML, in apply order.
+pub fn to_yaml(objects: &[RenderedObject]) -> String {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&o.object).expect("JSON values serialize"));
+    }
+    out
+}
+
+/// Objects as a `v1/List`.
+pub fn to_json(objects: &[RenderedObject]) -> String {
+    let items: Vec<&Value> = objects.iter().map(|o| &o.object).collect();
+    serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": items}))
+        .expect("serializes")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,532 @@
+//! validate: an `IstioInstallSpec` in, a [`ValidatedInstall`] out (resolved release, merged
+//! values, the components to install). Pure; every error names the field, what was expected and
+//! what was found.
+
+use crate::api::{GatewayComponentSpec, IstioInstallSpec, KubernetesOverrides};
+use crate::bundle::{self, Bundle, Release};
+use crate::values::{self, ValuesError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// The kinds of component, in install order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ComponentKind {
+    Base,
+    Pilot,
+    Cni,
+    Ztunnel,
+    IngressGateway,
+    EgressGateway,
+}
+
+impl ComponentKind {
+    /// The template folder of this component under `charts/<minor>/templates/`.
+    pub fn template_dir(self) -> &'static str {
+        match self {
+            ComponentKind::Base => "base",
+            ComponentKind::Pilot => "istiod",
+            ComponentKind::Cni => "cni",
+            ComponentKind::Ztunnel => "ztunnel",
+            ComponentKind::IngressGateway | ComponentKind::EgressGateway => "gateway",
+        }
+    }
+    pub fn field(self) -> &'static str {
+        match self {
+            ComponentKind::Base => "base",
+            ComponentKind::Pilot => "pilot",
+            ComponentKind::Cni => "cni",
+            ComponentKind::Ztunnel => "ztunnel",
+            ComponentKind::IngressGateway => "ingressGateways",
+            ComponentKind::EgressGateway => "egressGateways",
+        }
+    }
+    /// Cluster-wide components: at most one IstioInstall may own each.
+    pub fn is_cluster_wide(self) -> bool {
+        matches!(
+            self,
+            ComponentKind::Base | ComponentKind::Cni | ComponentKind::Ztunnel
+        )
+    }
+}
+
+/// One component to install.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedComponent {
+    pub kind: ComponentKind,
+    /// `base`, `pilot`, `cni`, `ztunnel`, or the gateway name.
+    pub name: String,
+    pub namespace: String,
+    /// Gateway pod labels (gateways only).
+    pub labels: BTreeMap<String, String>,
+    pub k8s: Option<KubernetesOverrides>,
+}
+
+/// Everything render needs, resolved and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedInstall {
+    pub release: Release,
+    pub bundle_minor: String,
+    pub profile: String,
+    /// Control-plane namespace.
+    pub namespace: String,
+    /// "" for the default revision.
+    pub revision: String,
+    /// Fully merged values (chart defaults < chart profile < compatibility < platform < user).
+    pub values: Value,
+    /// Enabled components, in install order.
+    pub components: Vec<ValidatedComponent>,
+}
+
+impl ValidatedInstall {
+    pub fn bundle(&self) -> &'static Bundle {
+        bundle::bundles()
+            .iter()
+            .find(|b| b.minor == self.bundle_minor)
+            .expect("validated against a bundle")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    #[error(transparent)]
+    Version(#[from] bundle::BundleError),
+    #[error(
+        "spec.profile: {found:?} is not a profile of Istio {minor}; expected one of {expected}"
+    )]
+    UnknownProfile {
+        found: String,
+        minor: String,
+        expected: String,
+    },
+    #[error("spec.{0}")]
+    Values(#[from] ValuesError),
+    #[error(
+        "spec.values.{key}: {found:?} is not supported by Istio {minor}; expected one of {expected}"
+    )]
+    UnsupportedChoice {
+        key: &'static str,
+        found: String,
+        minor: String,
+        expected: String,
+    },
+    #[error("spec.{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// The shape of `profiles/<name>.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileFile {
+    #[serde(default)]
+    components: ProfileComponents,
+    #[serde(default)]
+    values: Value,
+    #[serde(default)]
+    mesh_config: Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ProfileComponents {
+    #[serde(default)]
+    base: bool,
+    #[serde(default)]
+    pilot: bool,
+    #[serde(default)]
+    cni: bool,
+    #[serde(default)]
+    ztunnel: bool,
+    #[serde(default)]
+    ingress_gateways: Vec<GatewayComponentSpec>,
+    #[serde(default)]
+    egress_gateways: Vec<GatewayComponentSpec>,
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Validates a spec against the bundled releases.
+pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationError> {
+    let (release, bundle) = bundle::resolve(&spec.version)?;
+    let minor = bundle.minor.clone();
+    let profile = spec.profile.clone().unwrap_or_else(|| "default".into());
+    let profiles = bundle.profiles();
+    if !profiles.contains(&profile) {
+        return Err(ValidationError::UnknownProfile {
+            found: profile,
+            minor,
+            expected: profiles.join(", "),
+        });
+    }
+    let profile_file: ProfileFile = serde_json::from_value(
+        bundle
+            .yaml(&format!("profiles/{profile}.yaml"))
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("charts/{minor}/profiles/{profile}.yaml: {e}"));
+
+    let namespace = spec
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "istio-system".into());
+    if !dns_label(&namespace) {
+        return Err(ValidationError::Invalid {
+            field: "namespace".into(),
+            message: format!("expected a DNS label, found {namespace:?}"),
+        });
+    }
+
+    // User layer: the profile's values, then spec.values, then the spec-level shortcuts.
+    let defaults = bundle.default_values();
+    let mut user = profile_file.values;
+    if user.is_null() {
+        user = json!({});
+    }
+    if let Some(v) = &spec.values {
+        if !v.is_object() {
+            return Err(ValidationError::Invalid {
+                field: "values".into(),
+                message: "expected a map".into(),
+            });
+        }
+        values::check_known(v, &defaults, "values", &minor)?;
+        values::merge(&mut user, v.clone());
+    }
+    let mut mesh = profile_file.mesh_config;
+    if mesh.is_null() {
+        mesh = json!({});
+    }
+    if let Some(m) = &spec.mesh_config {
+        if !m.is_object() {
+            return Err(ValidationError::Invalid {
+                field: "meshConfig".into(),
+                message: "expected a map".into(),
+            });
+        }
+        values::merge(&mut mesh, m.clone());
+    }
+    if mesh.as_object().is_some_and(|m| !m.is_empty()) {
+        values::merge(&mut user, json!({ "meshConfig": mesh }));
+    }
+    if let Some(hub) = &spec.hub {
+        values::merge(&mut user, json!({"global": {"hub": hub}}));
+    }
+    if let Some(tag) = &spec.tag {
+        values::merge(&mut user, json!({"global": {"tag": tag}}));
+    }
+    let revision = match (
+        &spec.revision,
+        user.pointer("/revision").and_then(Value::as_str),
+    ) {
+        (Some(r), Some(v)) if !v.is_empty() && r != v => {
+            return Err(ValidationError::Invalid {
+                field: "revision".into(),
+                message: format!("{r:?} contradicts values.revision {v:?}; set only one of them"),
+            });
+        }
+        (Some(r), _) => r.clone(),
+        (None, Some(v)) => v.to_string(),
+        (None, None) => String::new(),
+    };
+    if !revision.is_empty() && !dns_label(&revision) {
+        return Err(ValidationError::Invalid {
+            field: "revision".into(),
+            message: format!("expected a DNS label such as 1-24-6, found {revision:?}"),
+        });
+    }
+    values::merge(
+        &mut user,
+        json!({"revision": revision, "global": {"istioNamespace": namespace}}),
+    );
+
+    // Chart layers, in the order the upstream charts apply them.
+    let mut merged = defaults;
+    values::merge(
+        &mut merged,
+        json!({"global": {"hub": bundle.manifest.hub, "tag": release.to_string()}}),
+    );
+    let chart_profile = user
+        .pointer("/profile")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !chart_profile.is_empty() {
+        let layer = bundle
+            .yaml(&format!("values/profile-{chart_profile}.yaml"))
+            .ok_or_else(|| ValidationError::UnsupportedChoice {
+                key: "profile",
+                found: chart_profile.clone(),
+                minor: minor.clone(),
+                expected: bundle.manifest.chart_profiles.join(", "),
+            })?;
+        values::merge(&mut merged, layer);
+    }
+    let compat = user
+        .pointer("/compatibilityVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !compat.is_empty() {
+        if !bundle.manifest.compatibility_versions.contains(&compat) {
+            return Err(ValidationError::UnsupportedChoice {
+                key: "compatibilityVersion",
+                found: compat,
+                minor,
+                expected: bundle.manifest.compatibility_versions.join(", "),
+            });
+        }
+        if let Some(layer) = bundle.yaml(&format!("values/compatibility-{compat}.yaml")) {
+            values::merge(&mut merged, layer);
+        }
+    }
+    let platform = user
+        .pointer("/global/platform")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if !platform.is_empty() {
+        if !bundle.manifest.platforms.contains(&platform) {
+            return Err(ValidationError::UnsupportedChoice {
+                key: "global.platform",
+                found: platform,
+                minor,
+                expected: bundle.manifest.platforms.join(", "),
+            });
+        }
+        if let Some(layer) = bundle.yaml(&format!("values/platform-{platform}.yaml")) {
+            values::merge(&mut merged, layer);
+        }
+    }
+    values::merge(&mut merged, user);
+
+    let components = select_components(spec, &profile_file.components, &namespace)?;
+    Ok(ValidatedInstall {
+        release,
+        bundle_minor: bundle.minor.clone(),
+        profile,
+        namespace,
+        revision,
+        values: merged,
+        components,
+    })
+}
+
+fn select_components(
+    spec: &IstioInstallSpec,
+    profile: &ProfileComponents,
+    namespace: &str,
+) -> Result<Vec<ValidatedComponent>, ValidationError> {
+    let user = spec.components.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    let singles = [
+        (ComponentKind::Base, profile.base, &user.base),
+        (ComponentKind::Pilot, profile.pilot, &user.pilot),
+        (ComponentKind::Cni, profile.cni, &user.cni),
+        (ComponentKind::Ztunnel, profile.ztunnel, &user.ztunnel),
+    ];
+    for (kind, on_by_profile, user_spec) in singles {
+        let enabled = user_spec
+            .as_ref()
+            .and_then(|c| c.enabled)
+            .unwrap_or(on_by_profile);
+        if enabled {
+            out.push(ValidatedComponent {
+                kind,
+                name: kind.field().to_string(),
+                namespace: user_spec
+                    .as_ref()
+                    .and_then(|c| c.namespace.clone())
+                    .unwrap_or_else(|| namespace.to_string()),
+                labels: BTreeMap::new(),
+                k8s: user_spec.as_ref().and_then(|c| c.k8s.clone()),
+            });
+        }
+    }
+    for (kind, from_profile, from_user) in [
+        (
+            ComponentKind::IngressGateway,
+            &profile.ingress_gateways,
+            &user.ingress_gateways,
+        ),
+        (
+            ComponentKind::EgressGateway,
+            &profile.egress_gateways,
+            &user.egress_gateways,
+        ),
+    ] {
+        // Gateways merge by name: a user entry overrides the profile's entry of that name.
+        let mut merged: Vec<GatewayComponentSpec> = from_profile.clone();
+        for g in from_user {
+            match merged.iter_mut().find(|p| p.name == g.name) {
+                Some(p) => {
+                    p.enabled = g.enabled.or(p.enabled);
+                    p.namespace = g.namespace.clone().or(p.namespace.take());
+                    p.label = g.label.clone().or(p.label.take());
+                    p.k8s = g.k8s.clone().or(p.k8s.take());
+                }
+                None => merged.push(g.clone()),
+            }
+        }
+        for (i, g) in merged.into_iter().enumerate() {
+            if !g.enabled.unwrap_or(true) {
+                continue;
+            }
+            if !dns_label(&g.name) {
+                return Err(ValidationError::Invalid {
+                    field: format!("components.{}[{i}].name", kind.field()),
+                    message: format!("expected a DNS label, found {:?}", g.name),
+                });
+            }
+            let labels = g.label.clone().unwrap_or_else(|| {
+                let short = g.name.strip_prefix("istio-").unwrap_or(&g.name).to_string();
+                BTreeMap::from([
+                    ("app".to_string(), g.name.clone()),
+                    ("istio".to_string(), short),
+                ])
+            });
+            out.push(ValidatedComponent {
+                kind,
+                name: g.name.clone(),
+                namespace: g.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+                labels,
+                k8s: g.k8s.clone(),
+            });
+        }
+    }
+    for c in &out {
+        let overlays = c
+            .k8s
+            .as_ref()
+            .map(|k| k.overlays.as_slice())
+            .unwrap_or_default();
+        for (i, o) in overlays.iter().enumerate() {
+            for (j, p) in o.patches.iter().enumerate() {
+                if let Err(e) = crate::overlay::parse_path(&p.path) {
+                    return Err(ValidationError::Invalid {
+                        field: format!(
+                            "components.{}.k8s.overlays[{i}].patches[{j}].path",
+                            c.kind.field()
+                        ),
+                        message: e,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> IstioInstallSpec {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn ambient_profile_enables_the_node_agents() {
+        let v = validate(&spec("version: '1.24'\nprofile: ambient\n")).unwrap();
+        let kinds: Vec<_> = v.components.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ComponentKind::Base,
+                ComponentKind::Pilot,
+                ComponentKind::Cni,
+                ComponentKind::Ztunnel
+            ]
+        );
+        assert_eq!(v.release.to_string(), "1.24.6");
+    }
+
+    #[test]
+    fn default_profile_has_the_ingress_gateway() {
+        let v = validate(&spec("version: 1.23.6\n")).unwrap();
+        assert!(
+            v.components
+                .iter()
+                .any(|c| c.name == "istio-ingressgateway")
+        );
+    }
+
+    #[test]
+    fn unknown_profile_lists_the_known_ones() {
+        let err = validate(&spec("version: '1.23'\nprofile: remote\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "spec.profile: \"remote\" is not a profile of Istio 1.23; expected one of"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_values_key_is_named() {
+        let err = validate(&spec(
+            "version: '1.24'\nvalues: {pilot: {replicaCont: 2}}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.values.pilot.replicaCont: unknown key for Istio 1.24"),
+            "{err}"
+        );
+        assert!(err.contains("replicaCount"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_compatibility_version_is_named() {
+        let err = validate(&spec(
+            "version: '1.24'\nvalues: {compatibilityVersion: '1.20'}\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(
+                "spec.values.compatibilityVersion: \"1.20\" is not supported by Istio 1.24"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn spec_shortcuts_land_in_values() {
+        let v = validate(&spec(
+            "version: '1.24'\nhub: quay.io/me\ntag: t1\nrevision: canary\n",
+        ))
+        .unwrap();
+        assert_eq!(v.values["global"]["hub"], "quay.io/me");
+        assert_eq!(v.values["global"]["tag"], "t1");
+        assert_eq!(v.values["revision"], "canary");
+        assert_eq!(v.revision, "canary");
+    }
+
+    #[test]
+    fn gateways_merge_by_name_with_the_profile() {
+        let v = validate(&spec(
+            "version: '1.24'\ncomponents:\n  ingressGateways:\n  - {name: istio-ingressgateway, enabled: false}\n  - {name: edge, namespace: edge-ns}\n",
+        ))
+        .unwrap();
+        let gws: Vec<_> = v
+            .components
+            .iter()
+            .filter(|c| c.kind == ComponentKind::IngressGateway)
+            .collect();
+        assert_eq!(gws.len(), 1);
+        assert_eq!(
+            (gws[0].name.as_str(), gws[0].namespace.as_str()),
+            ("edge", "edge-ns")
+        );
+        assert_eq!(gws[0].labels["istio"], "edge");
+    }
+}
