@@ -45,7 +45,8 @@ pub struct BundleManifest {
 pub struct Bundle {
     pub minor: String,
     pub manifest: BundleManifest,
-    dir: &'static Dir<'static>,
+    /// Path relative to the minor's folder → text.
+    files: BTreeMap<String, String>,
 }
 
 /// An exact release resolved from `spec.version`.
@@ -97,10 +98,8 @@ impl fmt::Debug for Bundle {
 
 impl Bundle {
     /// A file of this bundle as text, by path relative to the minor's folder.
-    pub fn file(&self, path: &str) -> Option<&'static str> {
-        self.dir
-            .get_file(format!("{}/{path}", self.minor))
-            .and_then(|f| f.contents_utf8())
+    pub fn file(&self, path: &str) -> Option<&str> {
+        self.files.get(path).map(String::as_str)
     }
 
     /// A YAML file of this bundle parsed to JSON values; `None` when absent.
@@ -111,13 +110,40 @@ impl Bundle {
     }
 
     /// Every file under `dir` (relative to the minor), as (path relative to the minor, text).
-    pub fn files_under(&self, dir: &str) -> Vec<(String, &'static str)> {
-        let mut out = Vec::new();
-        if let Some(d) = self.dir.get_dir(format!("{}/{dir}", self.minor)) {
-            collect_files(d, &self.minor, &mut out);
+    pub fn files_under(&self, dir: &str) -> Vec<(&str, &str)> {
+        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        self.files
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .map(|(p, t)| (p.as_str(), t.as_str()))
+            .collect()
+    }
+
+    /// A values layer: `values/<name>.yaml` and every `values/<name>/*.yaml`, deep-merged
+    /// (each component keeps its part of a layer in its own file). `None` when absent.
+    pub fn layer(&self, name: &str) -> Option<Value> {
+        let single = format!("values/{name}.yaml");
+        let mut parts: Vec<(&str, &str)> = self
+            .file(&single)
+            .map(|t| (single.as_str(), t))
+            .into_iter()
+            .collect();
+        parts.extend(self.files_under(&format!("values/{name}")));
+        if parts.is_empty() {
+            return None;
         }
-        out.sort();
-        out
+        let mut merged = Value::Object(Default::default());
+        for (path, text) in parts {
+            let layer =
+                parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor));
+            if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
+                panic!(
+                    "charts/{}/{path}: {conflict} is also set by another file of this layer",
+                    self.minor
+                );
+            }
+        }
+        Some(merged)
     }
 
     /// Profiles of this minor (`profiles/<name>.yaml`).
@@ -135,34 +161,43 @@ impl Bundle {
     /// The chart defaults: every `values/defaults/*.yaml` deep-merged. Two files setting the same
     /// leaf to different values is a bundle bug and panics (a unit test loads every bundle).
     pub fn default_values(&self) -> Value {
-        let mut merged = Value::Object(Default::default());
-        for (path, text) in self.files_under("values/defaults") {
-            let layer =
-                parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor));
-            if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
-                panic!(
-                    "charts/{}/{path}: {conflict} is also set by another defaults file",
-                    self.minor
-                );
-            }
-        }
-        merged
+        self.layer("defaults")
+            .unwrap_or_else(|| Value::Object(Default::default()))
     }
 }
 
-fn collect_files(dir: &'static Dir<'static>, minor: &str, out: &mut Vec<(String, &'static str)>) {
+fn collect_embedded(dir: &'static Dir<'static>, root: &str, out: &mut BTreeMap<String, String>) {
     for f in dir.files() {
         if let Some(text) = f.contents_utf8() {
-            let rel = f.path().to_string_lossy();
-            let rel = rel
-                .strip_prefix(&format!("{minor}/"))
-                .unwrap_or(&rel)
+            let path = f.path().to_string_lossy();
+            let rel = path
+                .strip_prefix(&format!("{root}/"))
+                .unwrap_or(&path)
                 .to_string();
-            out.push((rel, text));
+            out.insert(rel, text.to_string());
         }
     }
     for d in dir.dirs() {
-        collect_files(d, minor, out);
+        collect_embedded(d, root, out);
+    }
+}
+
+fn collect_disk(dir: &std::path::Path, root: &std::path::Path, out: &mut BTreeMap<String, String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            collect_disk(&path, root, out);
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .to_string();
+            out.insert(rel, text);
+        }
     }
 }
 
@@ -174,23 +209,44 @@ pub fn parse_yaml(text: &str) -> Result<Value, String> {
     serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string())
 }
 
+/// Set to a `charts/` folder to read the bundles from disk instead of the binary (chart
+/// development: edit a template, re-run `render`, no rebuild).
+pub const CHARTS_DIR_ENV: &str = "ISTIO_INSTALL_CHARTS_DIR";
+
 /// All bundles, newest minor last.
 pub fn bundles() -> &'static [Bundle] {
     static ALL: OnceLock<Vec<Bundle>> = OnceLock::new();
     ALL.get_or_init(|| {
-        let mut all: Vec<Bundle> = CHARTS
-            .dirs()
-            .filter_map(|dir| {
+        let mut folders: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+        if let Some(root) = std::env::var_os(CHARTS_DIR_ENV) {
+            let root = std::path::PathBuf::from(root);
+            let entries = std::fs::read_dir(&root)
+                .unwrap_or_else(|e| panic!("{CHARTS_DIR_ENV}={}: {e}", root.display()));
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let mut files = BTreeMap::new();
+                    collect_disk(&e.path(), &e.path(), &mut files);
+                    folders.push((e.file_name().to_string_lossy().to_string(), files));
+                }
+            }
+        } else {
+            for dir in CHARTS.dirs() {
                 let minor = dir.path().to_string_lossy().to_string();
-                let text = dir
-                    .get_file(format!("{minor}/bundle.yaml"))?
-                    .contents_utf8()?;
+                let mut files = BTreeMap::new();
+                collect_embedded(dir, &minor, &mut files);
+                folders.push((minor, files));
+            }
+        }
+        let mut all: Vec<Bundle> = folders
+            .into_iter()
+            .filter_map(|(minor, files)| {
+                let text = files.get("bundle.yaml")?;
                 let manifest: BundleManifest = serde_saphyr::from_str(text)
                     .unwrap_or_else(|e| panic!("charts/{minor}/bundle.yaml: {e}"));
                 Some(Bundle {
                     minor,
                     manifest,
-                    dir,
+                    files,
                 })
             })
             .collect();

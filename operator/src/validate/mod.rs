@@ -259,7 +259,7 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
         .to_string();
     if !chart_profile.is_empty() {
         let layer = bundle
-            .yaml(&format!("values/profile-{chart_profile}.yaml"))
+            .layer(&format!("profile-{chart_profile}"))
             .ok_or_else(|| ValidationError::UnsupportedChoice {
                 key: "profile",
                 found: chart_profile.clone(),
@@ -282,7 +282,7 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
                 expected: bundle.manifest.compatibility_versions.join(", "),
             });
         }
-        if let Some(layer) = bundle.yaml(&format!("values/compatibility-{compat}.yaml")) {
+        if let Some(layer) = bundle.layer(&format!("compatibility-{compat}")) {
             values::merge(&mut merged, layer);
         }
     }
@@ -300,7 +300,7 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
                 expected: bundle.manifest.platforms.join(", "),
             });
         }
-        if let Some(layer) = bundle.yaml(&format!("values/platform-{platform}.yaml")) {
+        if let Some(layer) = bundle.layer(&format!("platform-{platform}")) {
             values::merge(&mut merged, layer);
         }
     }

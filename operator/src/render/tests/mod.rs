@@ -54,3 +54,11 @@ fn documents_split_on_separator_lines_only() {
     let docs: Vec<_> = split_documents("a: 1\n---\nb: '---'\n---\n\n").collect();
     assert_eq!(docs, ["a: 1\n", "b: '---'\n"]);
 }
+
+// One module per component; each checks values combinations of that component.
+mod base;
+mod cni;
+mod gateway;
+mod injection;
+mod istiod;
+mod ztunnel;
