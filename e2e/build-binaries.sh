@@ -4,7 +4,7 @@
 # version is not rebuilt. Everything lives outside the repo (never commit binaries).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=versions.env
+# shellcheck source=./versions.env source-path=SCRIPTDIR
 . "$here/versions.env"
 E2E_ROOT=${E2E_ROOT:-/var/tmp/istio-install-operator-e2e}
 BIN=$E2E_ROOT/bin/$K8S_VERSION

@@ -15,7 +15,7 @@
 # fake nodes (default 3).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=versions.env
+# shellcheck source=./versions.env source-path=SCRIPTDIR
 . "$here/versions.env"
 E2E_ROOT=${E2E_ROOT:-/var/tmp/istio-install-operator-e2e}
 BIN=$E2E_ROOT/bin/$K8S_VERSION
@@ -61,6 +61,7 @@ start() {
   echo "$exe" >"$RUN/$n.exe"
   rm -f "$RUN/$n.pid"
   # fd 9 holds the cluster lock: the components must not inherit it.
+  # shellcheck disable=SC2016 # $$ and $0 are expanded by the child shell on purpose
   setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$RUN/$n.pid" "$@" \
     </dev/null >"$LOGS/$n.log" 2>&1 9>&- &
   local i
@@ -132,16 +133,19 @@ pick_ports() {
 # ---------------------------------------------------------------------------------------------
 # pki and kubeconfigs
 
+# ECDSA P-256 keys: generating them is ~40x faster than RSA 2048 (about 1.5 s saved per `up`);
+# Go, kubectl and rustls (kube-rs) all accept them, as does the ServiceAccount token signer (ES256).
 make_pki() {
   mkdir -p "$PKI"
   (
     cd "$PKI"
-    openssl genrsa -out ca.key 2048 2>/dev/null
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    key ca.key
     openssl req -x509 -new -nodes -key ca.key -sha256 -days 3650 -subj "/CN=istio-install-e2e-ca" \
       -addext "basicConstraints=critical,CA:TRUE" \
       -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out ca.crt 2>/dev/null
     sign() { # sign <name> <subject> <extensions>
-      openssl genrsa -out "$1.key" 2048 2>/dev/null
+      key "$1.key"
       openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
       printf '%s\n' "$3" >"$1.ext"
       openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -sha256 \
@@ -149,18 +153,18 @@ make_pki() {
       rm -f "$1.csr" "$1.ext"
     }
     sign apiserver "/CN=kube-apiserver" "basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
+keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth
 subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1"
     local client="basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
+keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
     sign admin "/O=system:masters/CN=e2e-admin" "$client"
     sign kube-controller-manager "/CN=system:kube-controller-manager" "$client"
     sign kube-scheduler "/CN=system:kube-scheduler" "$client"
     sign kwok "/O=system:masters/CN=kwok-controller" "$client"
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+    key sa.key
+    openssl pkey -in sa.key -pubout -out sa.pub 2>/dev/null
     chmod 600 ./*.key
   )
 }
@@ -245,7 +249,7 @@ EOF
 # readiness probes
 
 k() { "$KUBECTL" --kubeconfig="$RUN/admin.kubeconfig" --request-timeout=5s "$@"; }
-etcd_ready() { curl -fsS -m 2 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+etcd_ready() { curl -fsS -m 1 "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
 apiserver_ready() { curl -fsS -m 2 --cacert "$PKI/ca.crt" "https://127.0.0.1:$API_PORT/readyz" | grep -q '^ok$'; }
 healthz() { curl -fsSk -m 2 "https://127.0.0.1:$1/healthz" | grep -q '^ok$'; }
 nodes_ready() {
@@ -476,8 +480,10 @@ do_status() {
     echo "kube-apiserver /readyz: NOT ready"
     ok=1
   fi
-  [ $ok -eq 0 ] && k get nodes -o wide 2>/dev/null || true
-  [ $ok -eq 0 ] && echo "export KUBECONFIG=$RUN/admin.kubeconfig"
+  if [ $ok -eq 0 ]; then
+    k get nodes -o wide 2>/dev/null || true
+    echo "export KUBECONFIG=$RUN/admin.kubeconfig"
+  fi
   return $ok
 }
 
