@@ -4,8 +4,13 @@
 //! [`render`] turns that into Kubernetes objects, and only the controller talks to the cluster.
 
 pub mod api;
+pub mod apply;
 pub mod bundle;
+pub mod controller;
 pub mod overlay;
+pub mod plan;
 pub mod render;
+pub mod status;
+pub mod telemetry;
 pub mod validate;
 pub mod values;

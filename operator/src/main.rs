@@ -2,9 +2,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use istio_install_operator::api::{IstioInstallSpec, crd_yaml};
-use istio_install_operator::{bundle, render, validate, values};
+use istio_install_operator::{bundle, controller, render, telemetry, validate, values};
 use serde_json::Value;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: reconcile IstioInstalls in the cluster of the current kubeconfig
+    /// (or the in-cluster ServiceAccount).
+    Run(RunArgs),
     /// Print the Kubernetes objects an IstioInstall installs, in apply order.
     Render(RenderArgs),
     /// Print the IstioInstall CustomResourceDefinition.
@@ -51,6 +55,28 @@ struct RenderArgs {
     name: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Address of the /livez, /readyz and /metrics endpoints.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Hold a Lease before reconciling, so several replicas are safe.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "istio-install-operator")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "istio-install-operator")]
+    lease_name: String,
+    /// IstioInstalls reconciled at the same time.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 4)]
+    concurrency: u16,
+    /// Log as JSON lines.
+    #[arg(long, env = "LOG_JSON", default_value_t = false)]
+    log_json: bool,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Yaml,
@@ -73,6 +99,7 @@ const SPEC_FIELDS: &[&str] = &[
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run_operator(args),
         Command::Render(args) => run_render(args),
         Command::Crd => {
             print!("{}", crd_yaml());
@@ -92,6 +119,49 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_operator(args: RunArgs) -> Result<(), String> {
+    telemetry::init_logging(args.log_json);
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("no Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
+        let metrics = Arc::new(telemetry::Metrics::default());
+        let ready = telemetry::Readiness::default();
+        let server = tokio::spawn(telemetry::serve(args.metrics_addr, metrics.clone(), ready.clone()));
+        let elector = args.leader_elect.then(|| {
+            let identity = std::env::var("POD_NAME")
+                .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+            controller::leader::LeaderElector::new(client.clone(), &args.lease_namespace, &args.lease_name, identity)
+        });
+        if let Some(e) = &elector {
+            tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
+            e.acquire().await.map_err(|e| e.to_string())?;
+        }
+        let opts = controller::RunOptions { concurrency: args.concurrency };
+        let run = controller::run(client, metrics, ready, opts);
+        let result = match &elector {
+            Some(e) => tokio::select! {
+                r = run => r,
+                _ = e.keep_renewing() => Err(anyhow::anyhow!("lost leadership; exiting so a restart rejoins as a follower")),
+            },
+            None => run.await,
+        };
+        if let Some(e) = &elector {
+            e.release().await;
+        }
+        server.abort();
+        result.map_err(|e| e.to_string())
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "operator".into())
 }
 
 /// Reads the input document: a whole IstioInstall or just its spec.

@@ -3,6 +3,7 @@
 //! overrides, overlays, ordering) works on structured objects.
 
 mod k8s;
+pub mod waypoints;
 
 use crate::api::MANAGER;
 use crate::bundle::{self, parse_yaml};

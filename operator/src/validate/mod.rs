@@ -18,6 +18,8 @@ pub enum ComponentKind {
     Ztunnel,
     IngressGateway,
     EgressGateway,
+    /// Gateway API waypoints from `spec.waypoints` (rendered by the operator, not a chart).
+    Waypoints,
 }
 
 impl ComponentKind {
@@ -29,6 +31,7 @@ impl ComponentKind {
             ComponentKind::Cni => "cni",
             ComponentKind::Ztunnel => "ztunnel",
             ComponentKind::IngressGateway | ComponentKind::EgressGateway => "gateway",
+            ComponentKind::Waypoints => "waypoints",
         }
     }
     pub fn field(self) -> &'static str {
@@ -39,6 +42,7 @@ impl ComponentKind {
             ComponentKind::Ztunnel => "ztunnel",
             ComponentKind::IngressGateway => "ingressGateways",
             ComponentKind::EgressGateway => "egressGateways",
+            ComponentKind::Waypoints => "waypoints",
         }
     }
     /// Cluster-wide components: at most one IstioInstall may own each.

@@ -1,0 +1,734 @@
+//! The controller: watches IstioInstalls and everything they own, and runs the pipeline
+//! read → validate → render → plan → apply → status for one install at a time.
+//!
+//! Waiting never blocks a worker: a component that is still rolling out ends the reconcile with
+//! a short requeue, and the watch on its Deployment or DaemonSet brings the install back as soon
+//! as the rollout moves. Every reconcile re-reads the live objects and writes only what differs,
+//! so a restarted operator resumes where the cluster is and sends no writes when nothing changed.
+
+pub mod leader;
+mod uninstall;
+
+use crate::api::{IstioInstall, IstioInstallStatus, MANAGER, Waypoint};
+use crate::apply::{Applier, ApplyError};
+use crate::plan::conflict::{Claimant, claims, find_conflict};
+use crate::plan::{self, Health, ObjectKey, Owner, Plan, Step};
+use crate::render::waypoints::{self, ENROLLED_BY_LABEL};
+use crate::render::{self, INSTALL_LABEL, RenderedObject};
+use crate::status::{self, ComponentReport, Outcome, State};
+use crate::telemetry::{ComponentLabels, ErrorLabels, Metrics, ReconcileTimer};
+use crate::validate::{self, ComponentKind, ValidatedInstall};
+use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Finalizer that makes deletion of an IstioInstall uninstall in reverse order first.
+pub const FINALIZER: &str = "istioinstall.io/uninstall";
+/// Selector of everything the operator writes.
+pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=istio-install-operator";
+/// Field manager of the namespace enrolment labels (kept apart so removing them is exact).
+const ENROLLMENT_MANAGER: &str = "istio-install-operator-enrollment";
+
+const WHILE_PROGRESSING: Duration = Duration::from_secs(5);
+const WHEN_READY: Duration = Duration::from_secs(300);
+const WHEN_BLOCKED: Duration = Duration::from_secs(60);
+
+/// Shared state of the reconcilers.
+pub struct Context {
+    pub applier: Applier,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub installs: Store<IstioInstall>,
+    /// Consecutive failures per install, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl Error {
+    /// A stable category for metrics and event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Apply(e) if e.is_forbidden() => "forbidden",
+            Error::Apply(ApplyError::UnknownKind(_)) => "unknown-kind",
+            Error::Apply(_) => "apply",
+            Error::Kube(_) => "kube",
+        }
+    }
+}
+
+fn owner_of(ii: &IstioInstall) -> Owner {
+    Owner {
+        api_version: IstioInstall::api_version(&()).to_string(),
+        kind: IstioInstall::kind(&()).to_string(),
+        name: ii.name_any(),
+        uid: ii.uid().unwrap_or_default(),
+    }
+}
+
+async fn reconcile(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ReconcileTimer::start(&ctx.metrics);
+    let result = if ii.metadata.deletion_timestamp.is_some() {
+        uninstall::run(&ii, &ctx).await
+    } else {
+        install(&ii, &ctx).await
+    };
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("not poisoned")
+            .remove(&ii.name_any());
+    }
+    result
+}
+
+async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
+    let name = ii.name_any();
+    ensure_finalizer(ii, ctx).await?;
+
+    let validated = match validate::validate(&ii.spec) {
+        Ok(v) => v,
+        Err(e) => {
+            let state = State::Stalled {
+                reason: "InvalidSpec".into(),
+                message: e.to_string(),
+            };
+            finish(
+                ii,
+                ctx,
+                Outcome {
+                    state,
+                    desired_version: None,
+                    components: vec![],
+                },
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let desired_version = Some(validated.release.to_string());
+
+    if let Some(message) = conflict(ii, &validated, ctx) {
+        let state = State::Stalled {
+            reason: "Conflict".into(),
+            message,
+        };
+        finish(
+            ii,
+            ctx,
+            Outcome {
+                state,
+                desired_version,
+                components: vec![],
+            },
+        )
+        .await?;
+        return Ok(Action::requeue(WHEN_BLOCKED));
+    }
+
+    let mut rendered = match render::render(&validated, Some(&name)) {
+        Ok(r) => r,
+        Err(e) => {
+            let state = State::Stalled {
+                reason: "RenderFailed".into(),
+                message: e.to_string(),
+            };
+            finish(
+                ii,
+                ctx,
+                Outcome {
+                    state,
+                    desired_version,
+                    components: vec![],
+                },
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let gateway_api = ii.spec.waypoints.is_empty()
+        || ctx
+            .applier
+            .serves("gateway.networking.k8s.io/v1", "Gateway")
+            .await;
+    if gateway_api {
+        rendered.extend(waypoint_objects(&ii.spec.waypoints, &validated, &name));
+    }
+    let plan = plan::plan(rendered, &owner_of(ii));
+    ensure_namespaces(&plan, ctx).await?;
+
+    let version = validated.release.to_string();
+    let mut components = Vec::new();
+    let mut waiting_for: Option<(String, String)> = None;
+    for step in &plan.steps {
+        if let Some((blocker, _)) = &waiting_for {
+            components.push(ComponentReport {
+                name: step.component_name.clone(),
+                version: version.clone(),
+                ready: false,
+                message: Some(format!("waiting for {blocker}")),
+            });
+            continue;
+        }
+        let progress = match apply_step(step, &name, ctx).await {
+            Ok(p) => p,
+            Err(StepError::Blocked(message)) => {
+                let state = State::Stalled {
+                    reason: "ObjectConflict".into(),
+                    message,
+                };
+                finish(
+                    ii,
+                    ctx,
+                    Outcome {
+                        state,
+                        desired_version,
+                        components,
+                    },
+                )
+                .await?;
+                return Ok(Action::requeue(WHEN_BLOCKED));
+            }
+            Err(StepError::Api(e)) if !e.is_transient() => {
+                let state = State::Stalled {
+                    reason: if e.is_forbidden() {
+                        "Forbidden".into()
+                    } else {
+                        "ApplyRejected".into()
+                    },
+                    message: format!("component {}: {e}", step.component_name),
+                };
+                finish(
+                    ii,
+                    ctx,
+                    Outcome {
+                        state,
+                        desired_version,
+                        components,
+                    },
+                )
+                .await?;
+                return Ok(Action::requeue(WHEN_BLOCKED));
+            }
+            Err(StepError::Api(e)) => {
+                let state = State::Progressing {
+                    reason: "ApplyFailed".into(),
+                    message: format!("component {}: {e} (retrying)", step.component_name),
+                };
+                finish(
+                    ii,
+                    ctx,
+                    Outcome {
+                        state,
+                        desired_version,
+                        components,
+                    },
+                )
+                .await?;
+                return Err(e.into());
+            }
+        };
+        ctx.metrics
+            .component_ready
+            .get_or_create(&ComponentLabels {
+                install: name.clone(),
+                component: step.component_name.clone(),
+            })
+            .set(i64::from(progress.is_none()));
+        if let Some(message) = &progress {
+            waiting_for = Some((step.component_name.clone(), message.clone()));
+        }
+        components.push(ComponentReport {
+            name: step.component_name.clone(),
+            version: version.clone(),
+            ready: progress.is_none(),
+            message: progress,
+        });
+    }
+    if !gateway_api {
+        components.push(ComponentReport {
+            name: "waypoints".into(),
+            version: version.clone(),
+            ready: false,
+            message: Some(MISSING_GATEWAY_API.into()),
+        });
+    }
+
+    let (state, action) = match (waiting_for, gateway_api) {
+        (Some((component, message)), _) => (
+            State::Progressing {
+                reason: "RollingOut".into(),
+                message: format!("{component}: {message}"),
+            },
+            Action::requeue(WHILE_PROGRESSING),
+        ),
+        (None, false) => (
+            State::Stalled {
+                reason: "MissingGatewayAPI".into(),
+                message: MISSING_GATEWAY_API.into(),
+            },
+            Action::requeue(WHEN_BLOCKED),
+        ),
+        (None, true) => {
+            // Only a fully healthy install is pruned: an upgrade never removes what still serves.
+            prune(&plan, ii, ctx).await?;
+            enrol_namespaces(&ii.spec.waypoints, &name, ctx).await?;
+            (State::Ready, Action::requeue(WHEN_READY))
+        }
+    };
+    finish(
+        ii,
+        ctx,
+        Outcome {
+            state,
+            desired_version,
+            components,
+        },
+    )
+    .await?;
+    Ok(action)
+}
+
+const MISSING_GATEWAY_API: &str = "spec.waypoints needs the Gateway API CRDs (gateways.gateway.networking.k8s.io), which are not installed; install the Gateway API standard channel (v1.2.1 for Istio 1.24, v1.1.0 for 1.23) or remove spec.waypoints";
+
+fn waypoint_objects(
+    waypoints: &[Waypoint],
+    v: &ValidatedInstall,
+    owner: &str,
+) -> Vec<RenderedObject> {
+    waypoints
+        .iter()
+        .map(|w| {
+            let mut object = waypoints::gateway(w, &v.revision);
+            object["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!(MANAGER);
+            object["metadata"]["labels"][render::COMPONENT_LABEL] = json!("waypoints");
+            object["metadata"]["labels"][INSTALL_LABEL] = json!(owner);
+            RenderedObject {
+                component: ComponentKind::Waypoints,
+                component_name: "waypoints".into(),
+                object,
+            }
+        })
+        .collect()
+}
+
+enum StepError {
+    /// The object exists and belongs to someone else.
+    Blocked(String),
+    Api(ApplyError),
+}
+
+impl From<ApplyError> for StepError {
+    fn from(e: ApplyError) -> Self {
+        StepError::Api(e)
+    }
+}
+
+/// Applies one component's objects (only those that differ from the cluster) and returns what
+/// it still waits for, if anything.
+async fn apply_step(
+    step: &Step,
+    install: &str,
+    ctx: &Context,
+) -> Result<Option<String>, StepError> {
+    let mut waiting = None;
+    for desired in &step.objects {
+        let key = ObjectKey::of(desired);
+        let live = ctx.applier.get(&key).await?;
+        if let Some(live) = &live {
+            let holder = live["metadata"]["labels"][INSTALL_LABEL].as_str();
+            if holder.is_some_and(|h| h != install) {
+                return Err(StepError::Blocked(format!(
+                    "{key} is managed by IstioInstall {}; remove it from one of the two installs",
+                    holder.unwrap_or_default()
+                )));
+            }
+        }
+        let mut desired = desired.clone();
+        plan::yield_co_owned(&mut desired, live.as_ref());
+        let current = match live {
+            Some(live) if !plan::needs_write(&desired, Some(&live)) => live,
+            _ => {
+                tracing::info!(object = %key, "applying");
+                ctx.metrics.writes.inc();
+                ctx.applier.apply(&desired).await?
+            }
+        };
+        if let Health::Progressing(m) = plan::health(&current) {
+            waiting.get_or_insert(m);
+        }
+    }
+    Ok(waiting)
+}
+
+/// Component namespaces are created when missing and never deleted (users' workloads may
+/// live there too).
+async fn ensure_namespaces(plan: &Plan, ctx: &Context) -> Result<(), Error> {
+    for ns in &plan.namespaces {
+        let key = ObjectKey {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            namespace: None,
+            name: ns.clone(),
+        };
+        if ctx.applier.get(&key).await?.is_none() {
+            ctx.metrics.writes.inc();
+            ctx.applier
+                .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn list_owned(install: &str, ctx: &Context) -> Result<Vec<Value>, Error> {
+    let selector = format!("{MANAGED_SELECTOR},{INSTALL_LABEL}={install}");
+    let mut out = Vec::new();
+    for (api_version, kind) in crate::apply::prunable_kinds() {
+        match ctx.applier.list(api_version, kind, &selector).await {
+            Ok(items) => out.extend(items),
+            Err(e) if e.is_forbidden() => tracing::debug!(kind, "not allowed to list; skipped"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Install order of a component label value; unknown names are gateways.
+pub(crate) fn component_rank(component: &str) -> usize {
+    match component {
+        "base" => 0,
+        "pilot" => 1,
+        "cni" => 2,
+        "ztunnel" => 3,
+        "waypoints" => 5,
+        _ => 4,
+    }
+}
+
+async fn prune(plan: &Plan, ii: &IstioInstall, ctx: &Context) -> Result<(), Error> {
+    let live = list_owned(&ii.name_any(), ctx).await?;
+    let mut doomed = plan::prune_set(plan, &live, &ii.uid().unwrap_or_default());
+    doomed.sort_by_key(|o| {
+        std::cmp::Reverse(component_rank(
+            o["metadata"]["labels"][render::COMPONENT_LABEL]
+                .as_str()
+                .unwrap_or_default(),
+        ))
+    });
+    for o in doomed {
+        let key = ObjectKey::of(o);
+        tracing::info!(object = %key, "pruning");
+        ctx.metrics.writes.inc();
+        ctx.applier.delete(&key).await?;
+        publish(
+            ctx,
+            ii,
+            EventType::Normal,
+            "Pruned",
+            format!("deleted {key}, no longer part of the install"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Labels namespaces for ambient mode and waypoint use, and takes the labels off namespaces no
+/// waypoint asks for any more (only the labels this operator set).
+async fn enrol_namespaces(
+    waypoints: &[Waypoint],
+    install: &str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let wanted = waypoints::enrolments(waypoints, install);
+    let enrolled = ctx
+        .applier
+        .list("v1", "Namespace", &format!("{ENROLLED_BY_LABEL}={install}"))
+        .await?;
+    let client = ctx.applier.client().clone();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
+    let params = PatchParams::apply(ENROLLMENT_MANAGER).force();
+    for (ns, labels) in &wanted {
+        let Some(live) = namespaces.get_opt(ns).await? else {
+            tracing::warn!(namespace = %ns, "waypoint namespace does not exist; not enrolled");
+            continue;
+        };
+        let live_labels = serde_json::to_value(&live.metadata.labels).unwrap_or_default();
+        if plan::needs_write(labels, Some(&live_labels)) {
+            ctx.metrics.writes.inc();
+            let patch = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}});
+            namespaces.patch(ns, &params, &Patch::Apply(&patch)).await?;
+        }
+    }
+    for o in enrolled {
+        let ns = o["metadata"]["name"].as_str().unwrap_or_default();
+        if !wanted.iter().any(|(n, _)| n == ns) {
+            ctx.metrics.writes.inc();
+            let patch = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            namespaces.patch(ns, &params, &Patch::Apply(&patch)).await?;
+        }
+    }
+    Ok(())
+}
+
+fn conflict(ii: &IstioInstall, v: &ValidatedInstall, ctx: &Context) -> Option<String> {
+    let created = |i: &IstioInstall| {
+        i.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(i64::MAX)
+    };
+    let me = Claimant {
+        name: &ii.metadata.name.clone().unwrap_or_default(),
+        created: created(ii),
+        claims: claims(v),
+    };
+    let installs = ctx.installs.state();
+    let others: Vec<Claimant> = installs
+        .iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .filter_map(|o| {
+            let v = validate::validate(&o.spec).ok()?;
+            Some(Claimant {
+                name: o.metadata.name.as_deref().unwrap_or_default(),
+                created: created(o),
+                claims: claims(&v),
+            })
+        })
+        .collect();
+    find_conflict(&me, &others).map(|(owner, claim)| {
+        format!("{claim} is already managed by IstioInstall {owner:?}; disable it here (spec.components) or delete one of the two installs")
+    })
+}
+
+async fn ensure_finalizer(ii: &IstioInstall, ctx: &Context) -> Result<(), Error> {
+    if ii.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let api: Api<IstioInstall> = Api::all(ctx.applier.client().clone());
+    let mut finalizers = ii.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    // The resourceVersion makes this fail rather than clobber a concurrent change.
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": ii.resource_version()}});
+    ctx.metrics.writes.inc();
+    api.patch(
+        &ii.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the status (only when it changed) and publishes an Event when the state changed.
+async fn finish(ii: &IstioInstall, ctx: &Context, outcome: Outcome) -> Result<(), Error> {
+    let generation = ii.metadata.generation.unwrap_or(0);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let prev = ii.status.as_ref();
+    let next = status::next_status(prev, generation, &outcome, now);
+    if prev == Some(&next) {
+        return Ok(());
+    }
+    let before = prev
+        .and_then(|s| status::condition_of(s, status::READY))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
+    let ready = status::condition_of(&next, status::READY).expect("always set");
+    if before.as_ref()
+        != Some(&(
+            ready.status.clone(),
+            ready.reason.clone(),
+            ready.message.clone(),
+        ))
+    {
+        let (type_, reason) = match &outcome.state {
+            State::Ready => (EventType::Normal, "Ready".to_string()),
+            State::Progressing { reason, .. } if reason == "ApplyFailed" => {
+                (EventType::Warning, reason.clone())
+            }
+            State::Progressing { reason, .. } => (EventType::Normal, reason.clone()),
+            State::Stalled { reason, .. } => (EventType::Warning, reason.clone()),
+            State::Uninstalling { .. } => (EventType::Normal, "Uninstalling".to_string()),
+        };
+        let note = if ready.message.is_empty() {
+            ready.reason.clone()
+        } else {
+            ready.message.clone()
+        };
+        publish(ctx, ii, type_, &reason, note).await;
+    }
+    write_status(ii, ctx, &next).await
+}
+
+async fn write_status(
+    ii: &IstioInstall,
+    ctx: &Context,
+    status: &IstioInstallStatus,
+) -> Result<(), Error> {
+    let api: Api<IstioInstall> = Api::all(ctx.applier.client().clone());
+    let patch = json!({
+        "apiVersion": IstioInstall::api_version(&()),
+        "kind": IstioInstall::kind(&()),
+        "status": status,
+    });
+    ctx.metrics.writes.inc();
+    api.patch_status(
+        &ii.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, ii: &IstioInstall, type_: EventType, reason: &str, note: String) {
+    let mut note = note;
+    note.truncate(1000);
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ii.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an event");
+    }
+}
+
+fn error_policy(ii: Arc<IstioInstall>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&ErrorLabels {
+            category: error.category().to_string(),
+        })
+        .inc();
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let n = failures.entry(ii.name_any()).or_insert(0);
+    *n = n.saturating_add(1);
+    // 1 s, 2 s, 4 s … capped at 5 minutes.
+    let delay = Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300));
+    tracing::warn!(install = %ii.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Maps an owned object's event to its IstioInstall, by our install label.
+fn by_install_label<K: Resource>(obj: K) -> Option<ObjectRef<IstioInstall>> {
+    obj.labels()
+        .get(INSTALL_LABEL)
+        .map(|name| ObjectRef::new(name))
+}
+
+/// Options of `run`.
+pub struct RunOptions {
+    pub concurrency: u16,
+}
+
+/// Runs the controller until a shutdown signal. `ready` is set once the watches have synced.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    ready: crate::telemetry::Readiness,
+    opts: RunOptions,
+) -> anyhow::Result<()> {
+    let installs: Api<IstioInstall> = Api::all(client.clone());
+    if let Err(e) = installs
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        anyhow::bail!(
+            "cannot list IstioInstalls ({e}); is the CRD installed? `istio-install-operator crd | kubectl apply -f -`"
+        );
+    }
+    let wc = || {
+        watcher::Config::default()
+            .labels(MANAGED_SELECTOR)
+            .any_semantic()
+    };
+    let controller = Controller::new(installs, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency));
+    let store = controller.store();
+    let ctx = Arc::new(Context {
+        applier: Applier::new(client.clone()),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        metrics: metrics.clone(),
+        installs: store.clone(),
+        failures: Mutex::new(HashMap::new()),
+    });
+    macro_rules! watch_meta {
+        ($c:expr, $($k:ty),+) => {
+            $c$(.watches(Api::<PartialObjectMeta<$k>>::all(client.clone()), wc(), by_install_label))+
+        };
+    }
+    let controller = watch_meta!(
+        controller,
+        Deployment,
+        DaemonSet,
+        Service,
+        ServiceAccount,
+        ConfigMap,
+        HorizontalPodAutoscaler,
+        PodDisruptionBudget,
+        Role,
+        RoleBinding,
+        ClusterRole,
+        ClusterRoleBinding,
+        MutatingWebhookConfiguration,
+        ValidatingWebhookConfiguration,
+        CustomResourceDefinition
+    );
+    let readiness = {
+        let store = store.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.set(true);
+                tracing::info!("watches synced; ready");
+            }
+        }
+    };
+    tokio::spawn(readiness);
+    controller
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(install = %obj.name, "reconciled"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(e) => tracing::debug!(error = %e, "controller event"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+    Ok(())
+}
