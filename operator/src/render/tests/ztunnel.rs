@@ -114,6 +114,13 @@ fn istiod_is_found_in_the_control_plane_namespace() {
     assert_eq!(env(&objs, "XDS_ADDRESS"), Some("istiod.other.svc:15012"));
     let objs = render_nodes("version: '1.24'\nvalues: {ztunnel: {xdsAddress: 'x:15012'}}");
     assert_eq!(env(&objs, "XDS_ADDRESS"), Some("x:15012"));
+    // Like the chart's flattened globals: global.caAddress when ztunnel has none.
+    let objs = render_nodes("version: '1.23'\nvalues: {global: {caAddress: 'g:1'}}");
+    assert_eq!(env(&objs, "CA_ADDRESS"), Some("g:1"));
+    assert_eq!(
+        env(&objs, "XDS_ADDRESS"),
+        Some("istiod.istio-system.svc:15012")
+    );
 }
 
 #[test]
