@@ -322,3 +322,43 @@ fn run_as_root_drops_the_hardening() {
     assert!(proxy(dep)["securityContext"].is_null());
     assert!(env(dep, "ISTIO_META_UNPRIVILEGED_POD").is_none());
 }
+
+#[test]
+fn core_dumps_are_a_1_23_option() {
+    let objs = render_spec("version: '1.23'\nvalues: {global: {proxy: {enableCoreDump: true}}}\n");
+    let dep = find(&objs, "Deployment", "istio-ingressgateway");
+    let init = &dep["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["name"], "enable-core-dump");
+    assert_eq!(init["image"], "docker.io/istio/proxyv2:1.23.6");
+    assert_eq!(init["securityContext"]["privileged"], true);
+}
+
+#[test]
+fn openshift_picks_the_user_id() {
+    let objs = render_spec("version: '1.24'\nvalues: {global: {platform: openshift}}\n");
+    let dep = find(&objs, "Deployment", "istio-ingressgateway");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["securityContext"],
+        json!({"runAsNonRoot": true})
+    );
+}
+
+#[test]
+fn a_custom_service_is_left_to_the_user() {
+    let objs = render_spec(
+        "version: '1.24'\nvalues: {gateways: {istio-ingressgateway: {customService: true}}}\n",
+    );
+    assert!(
+        !objs
+            .iter()
+            .any(|o| o.kind() == "Service" && o.name() == "istio-ingressgateway")
+    );
+    let objs = render_spec(
+        "version: '1.24'\nvalues: {gateways: {istio-ingressgateway: {ingressPorts: [{port: 9000, name: extra}]}}}\n",
+    );
+    let svc = find(&objs, "Service", "istio-ingressgateway");
+    assert_eq!(
+        svc["spec"]["ports"][3],
+        json!({"port": 9000, "name": "extra"})
+    );
+}
