@@ -35,7 +35,7 @@ e2e-down:
 	e2e/cluster.sh down
 
 e2e-test:
-	cargo test --locked -p istio-install-e2e -- --test-threads=2
+	cargo test --locked --no-fail-fast -p istio-install-e2e -- --test-threads=2
 
 # Brings the cluster up, runs the e2e tests, and always takes the cluster down again.
 e2e: build e2e-binaries

@@ -360,7 +360,12 @@ EOF
     --service-cluster-ip-range=10.96.0.0/16 \
     --allow-privileged=true \
     --profiling=false \
+    --disable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
     --v=1
+  # Admission webhooks are off: istiod's webhooks point at Services whose ClusterIPs (and pods'
+  # IPs) are fiction here. With the plugins on, the API server would dial those private-range
+  # addresses whenever a pod or an Istio resource is written; this machine must never send
+  # traffic off loopback. The webhook configurations are still stored and reconciled.
   wait_for kube-apiserver 90 "kube-apiserver /readyz" apiserver_ready
   say "kube-apiserver ready ($(($(now_ms) - t0)) ms)"
 

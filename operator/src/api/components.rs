@@ -24,17 +24,16 @@ pub struct Components {
     /// The ztunnel node proxy (ambient mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ztunnel: Option<ComponentSpec>,
-    /// Ingress gateways (the classic `istio-ingressgateway` Deployment and Service).
+    /// Ingress gateways (the classic `istio-ingressgateway` Deployment and Service), unique by
+    /// name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(g, self.exists_one(o, o.name == g.name))")
-        .message("ingressGateways must have unique names"))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub ingress_gateways: Vec<GatewayComponentSpec>,
-    /// Egress gateways (the classic `istio-egressgateway`).
+    /// Egress gateways (the classic `istio-egressgateway`), unique by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = kube::core::Rule::new("self.all(g, self.exists_one(o, o.name == g.name))")
-        .message("egressGateways must have unique names"))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub egress_gateways: Vec<GatewayComponentSpec>,
 }
 

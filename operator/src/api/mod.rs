@@ -40,6 +40,7 @@ pub const GROUP: &str = "istioinstall.io";
 pub struct IstioInstallSpec {
     /// The Istio release to install: a minor such as `1.24` (the newest bundled patch of it) or an
     /// exact release such as `1.24.6`. Changing it upgrades the installation.
+    #[schemars(length(min = 1, max = 32))]
     #[x_kube(validation = kube::core::Rule::new(
         "self.matches('^[0-9]+[.][0-9]+([.][0-9]+)?$')"
     ).message("version must be an Istio minor (1.24) or an exact release (1.24.6)"))]
@@ -101,10 +102,9 @@ pub struct IstioInstallSpec {
 
     /// Waypoint proxies (Gateway API `Gateway`s of class `istio-waypoint`) for ambient mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Unique by namespace and name (a list-map: the API server refuses duplicates).
     #[schemars(length(max = 256))]
-    #[x_kube(validation = kube::core::Rule::new(
-        "self.all(w, self.exists_one(o, o.namespace == w.namespace && o.name == w.name))"
-    ).message("waypoints must be unique by namespace and name"))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["namespace".into(), "name".into()]))]
     pub waypoints: Vec<Waypoint>,
 }
 
@@ -118,11 +118,11 @@ pub struct Waypoint {
         .message("waypoint namespace must be a DNS label"))]
     pub namespace: String,
     /// Name of the waypoint Gateway. Defaults to `waypoint`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default = "default_waypoint_name")]
     #[schemars(length(max = 63))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("waypoint name must be a DNS label"))]
-    pub name: Option<String>,
+    pub name: String,
     /// Traffic the waypoint handles: service (default), workload, all or none.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "for")]
     #[x_kube(validation = kube::core::Rule::new("self in ['service', 'workload', 'all', 'none']")
@@ -144,6 +144,10 @@ pub struct Waypoint {
     /// (`istio.io/use-waypoint-namespace` when it is not their own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub use_from_namespaces: Vec<String>,
+}
+
+fn default_waypoint_name() -> String {
+    "waypoint".to_string()
 }
 
 pub(crate) fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -47,12 +47,16 @@ fn subset(want: &Value, have: &Value, path: &mut Vec<String>) -> bool {
     }
 }
 
+/// Values the API server drops when serialising (Go `omitempty`): asking for them is the same as
+/// leaving them out.
 fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Object(m) => m.is_empty(),
         Value::Array(a) => a.is_empty(),
-        _ => false,
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
     }
 }
 

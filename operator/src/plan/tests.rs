@@ -122,3 +122,12 @@ fn daemonset_health_counts_nodes() {
         Health::Progressing("DaemonSet ztunnel: 2/3 pods available".into())
     );
 }
+
+#[test]
+fn values_the_server_omits_need_no_write() {
+    let desired = json!({"env": [{"name": "PLATFORM", "value": ""}], "readOnly": false, "n": 0});
+    assert!(!needs_write(
+        &desired,
+        Some(&json!({"env": [{"name": "PLATFORM"}]}))
+    ));
+}

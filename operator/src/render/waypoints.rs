@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 pub const ENROLLED_BY_LABEL: &str = "istioinstall.io/enrolled-by";
 
 pub fn waypoint_name(w: &Waypoint) -> &str {
-    w.name.as_deref().unwrap_or("waypoint")
+    &w.name
 }
 
 /// The Gateway object of one waypoint.
@@ -91,7 +91,7 @@ mod tests {
     fn cross_namespace_use_names_the_waypoint_namespace() {
         let w = Waypoint {
             namespace: "shared".into(),
-            name: Some("wp".into()),
+            name: "wp".into(),
             enroll_namespace: Some(true),
             use_from_namespaces: vec!["a".into()],
             ..Default::default()

@@ -1,0 +1,517 @@
+//! The operator end to end: a real `istio-install-operator run` process, under its own
+//! least-privilege ServiceAccount (manifests/rbac.yaml), against the local control plane.
+//!
+//! IstioInstalls own cluster-wide components, so these scenarios run one at a time (a shared
+//! lock) and each leaves the cluster without IstioInstalls.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use istio_install_e2e::{
+    ServiceAccountAccess, apply_crd_file, apply_file, client, eventually, repo_path,
+};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn ii_resource() -> ApiResource {
+    ApiResource {
+        group: "istioinstall.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "istioinstall.io/v1alpha1".into(),
+        kind: "IstioInstall".into(),
+        plural: "istioinstalls".into(),
+    }
+}
+
+fn installs(c: &Client) -> Api<DynamicObject> {
+    Api::all_with(c.clone(), &ii_resource())
+}
+
+fn operator_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("OPERATOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_path("target"));
+    target.join("release/istio-install-operator")
+}
+
+/// A running operator process; killed on drop.
+struct Operator {
+    child: tokio::process::Child,
+    metrics_port: u16,
+}
+
+impl Operator {
+    async fn start(admin: &Client) -> Result<Operator> {
+        apply_crd_file(admin, &repo_path("crds/istioinstall.io_istioinstalls.yaml")).await?;
+        apply_file(
+            admin,
+            &repo_path("manifests/namespace.yaml"),
+            None,
+            "e2e-test",
+        )
+        .await?;
+        apply_file(admin, &repo_path("manifests/rbac.yaml"), None, "e2e-test").await?;
+        let sa =
+            ServiceAccountAccess::create(admin, "istio-install-operator", "istio-install-operator")
+                .await?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let bin = operator_binary();
+        let log = std::fs::File::create(
+            std::env::temp_dir().join(format!("istio-install-operator-{port}.log")),
+        )?;
+        let child = tokio::process::Command::new(&bin)
+            .args([
+                "run",
+                "--leader-elect=false",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", &sa.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (run `make build`)", bin.display()))?;
+        let op = Operator {
+            child,
+            metrics_port: port,
+        };
+        eventually(
+            Duration::from_secs(60),
+            "the operator reports ready",
+            || async {
+                Ok(op
+                    .get("/readyz")
+                    .await
+                    .map(|(code, _)| code == 200)
+                    .unwrap_or(false))
+            },
+        )
+        .await?;
+        Ok(op)
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, out))
+    }
+
+    async fn metric(&self, name: &str) -> Result<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("metric {name} not found"))
+    }
+
+    /// SIGKILL: no graceful shutdown, as in a node failure.
+    async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
+
+async fn apply_install(c: &Client, name: &str, spec: Value) -> Result<()> {
+    let obj = json!({"apiVersion": "istioinstall.io/v1alpha1", "kind": "IstioInstall", "metadata": {"name": name}, "spec": spec});
+    let obj: DynamicObject = serde_json::from_value(obj)?;
+    installs(c)
+        .patch(
+            name,
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+    Ok(())
+}
+
+fn condition<'a>(ii: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    ii.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn is_ready_at(ii: &DynamicObject, version: &str) -> bool {
+    let generation = ii.metadata.generation.unwrap_or(-1);
+    condition(ii, "Ready").is_some_and(|c| c["status"] == "True")
+        && ii.data["status"]["observedGeneration"] == generation
+        && ii.data["status"]["installedVersion"] == version
+}
+
+async fn wait_install(
+    c: &Client,
+    name: &str,
+    what: &str,
+    check: impl Fn(&DynamicObject) -> bool,
+) -> Result<DynamicObject> {
+    let api = installs(c);
+    let deadline = tokio::time::Instant::now() + INSTALL_TIMEOUT;
+    loop {
+        let ii = api.get(name).await?;
+        if check(&ii) {
+            return Ok(ii);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "IstioInstall {name}: timed out waiting until {what}; status: {}",
+                serde_json::to_string_pretty(&ii.data["status"])?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Deletes every IstioInstall and waits until their finalizers have run.
+async fn remove_all_installs(c: &Client) -> Result<()> {
+    let api = installs(c);
+    for ii in api.list(&ListParams::default()).await? {
+        let name = ii.metadata.name.clone().unwrap_or_default();
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+    }
+    eventually(
+        INSTALL_TIMEOUT,
+        "every IstioInstall is uninstalled",
+        || async { Ok(api.list(&ListParams::default()).await?.items.is_empty()) },
+    )
+    .await
+}
+
+async fn rolled_out(c: &Client) -> Result<(Vec<Deployment>, Vec<DaemonSet>)> {
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "istio-system");
+    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "istio-system");
+    Ok((
+        deps.list(&ListParams::default()).await?.items,
+        dss.list(&ListParams::default()).await?.items,
+    ))
+}
+
+#[tokio::test]
+async fn ambient_install_reaches_ready_and_self_heals() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let op = Operator::start(&admin).await?;
+    remove_all_installs(&admin).await?;
+
+    apply_install(
+        &admin,
+        "ambient",
+        json!({"version": "1.24", "profile": "ambient"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, "ambient", "Ready at 1.24.6", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    let names: Vec<&str> = ii.data["status"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "pilot", "cni", "ztunnel"]);
+    let (deps, dss) = rolled_out(&admin).await?;
+    assert!(
+        deps.iter()
+            .any(|d| d.metadata.name.as_deref() == Some("istiod"))
+    );
+    for ds in &dss {
+        let s = ds.status.clone().unwrap_or_default();
+        assert_eq!(
+            s.number_available.unwrap_or(0),
+            s.desired_number_scheduled,
+            "{:?}",
+            ds.metadata.name
+        );
+        assert!(
+            s.desired_number_scheduled >= 3,
+            "DaemonSets run on every kwok node"
+        );
+    }
+
+    // Deleting an owned object is reverted.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let old_uid = deployments.get("istiod").await?.metadata.uid;
+    deployments
+        .delete("istiod", &DeleteParams::default())
+        .await?;
+    eventually(Duration::from_secs(60), "istiod is recreated", || async {
+        Ok(deployments
+            .get_opt("istiod")
+            .await?
+            .is_some_and(|d| d.metadata.uid != old_uid))
+    })
+    .await?;
+
+    // Editing an owned object is reverted (another manager changes a field we own).
+    let edit = json!({"spec": {"template": {"spec": {"containers": [{"name": "discovery", "image": "example.invalid/tampered:1"}]}}}});
+    deployments
+        .patch("istiod", &PatchParams::default(), &Patch::Strategic(&edit))
+        .await?;
+    eventually(
+        Duration::from_secs(60),
+        "the istiod image is restored",
+        || async {
+            let d = deployments.get("istiod").await?;
+            let image = d.spec.unwrap().template.spec.unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap_or_default();
+            Ok(image.ends_with("pilot:1.24.6-distroless"))
+        },
+    )
+    .await?;
+
+    // Disabling a component prunes it.
+    apply_install(&admin, "ambient", json!({"version": "1.24", "profile": "ambient", "components": {"ztunnel": {"enabled": false}}})).await?;
+    let dss: Api<DaemonSet> = Api::namespaced(admin.clone(), "istio-system");
+    eventually(
+        INSTALL_TIMEOUT,
+        "the ztunnel DaemonSet is pruned",
+        || async { Ok(dss.get_opt("ztunnel").await?.is_none()) },
+    )
+    .await?;
+    wait_install(&admin, "ambient", "Ready again without ztunnel", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}
+
+#[tokio::test]
+async fn default_profile_installs_and_uninstall_keeps_user_config() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let op = Operator::start(&admin).await?;
+    remove_all_installs(&admin).await?;
+
+    apply_install(
+        &admin,
+        "sidecar",
+        json!({"version": "1.23.6", "profile": "default"}),
+    )
+    .await?;
+    wait_install(&admin, "sidecar", "Ready at 1.23.6", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    assert!(deployments.get_opt("istio-ingressgateway").await?.is_some());
+
+    // A user's VirtualService, stored before the uninstall, must survive it.
+    let vs_resource = ApiResource {
+        group: "networking.istio.io".into(),
+        version: "v1".into(),
+        api_version: "networking.istio.io/v1".into(),
+        kind: "VirtualService".into(),
+        plural: "virtualservices".into(),
+    };
+    let vss: Api<DynamicObject> = Api::namespaced_with(admin.clone(), "default", &vs_resource);
+    let vs: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}
+    }))?;
+    let _ = vss.delete("reviews", &DeleteParams::default()).await;
+    vss.create(&PostParams::default(), &vs).await?;
+
+    remove_all_installs(&admin).await?;
+    assert!(
+        deployments.get_opt("istiod").await?.is_none(),
+        "istiod is uninstalled"
+    );
+    assert!(
+        deployments.get_opt("istio-ingressgateway").await?.is_none(),
+        "the gateway is uninstalled"
+    );
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    assert!(
+        crds.get_opt("virtualservices.networking.istio.io")
+            .await?
+            .is_some(),
+        "CRDs are kept"
+    );
+    assert!(
+        vss.get_opt("reviews").await?.is_some(),
+        "the VirtualService is kept"
+    );
+    vss.delete("reviews", &DeleteParams::default()).await?;
+    drop(op);
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_and_conflicting_specs_stall_without_touching_the_running_mesh() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let op = Operator::start(&admin).await?;
+    remove_all_installs(&admin).await?;
+
+    apply_install(
+        &admin,
+        "first",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "first", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let before = deployments.get("istiod").await?.metadata.resource_version;
+
+    // Refused at admission by the CRD's CEL rule.
+    let err = apply_install(
+        &admin,
+        "first",
+        json!({"version": "latest", "profile": "minimal"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("must be an Istio minor"),
+        "{err:#}"
+    );
+
+    // Accepted by the schema, refused by the operator: Stalled, naming the field.
+    apply_install(
+        &admin,
+        "first",
+        json!({"version": "1.99", "profile": "minimal"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, "first", "Stalled on the unknown version", |ii| {
+        condition(ii, "Stalled").is_some_and(|c| c["status"] == "True")
+            && ii.data["status"]["observedGeneration"] == ii.metadata.generation.unwrap_or(-1)
+    })
+    .await?;
+    let message = condition(&ii, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("spec.version: \"1.99\" is not bundled"),
+        "{message}"
+    );
+    assert_eq!(
+        ii.data["status"]["installedVersion"], "1.24.6",
+        "the installed version is still reported"
+    );
+    assert_eq!(
+        deployments.get("istiod").await?.metadata.resource_version,
+        before,
+        "istiod was not touched"
+    );
+
+    // Back to a good spec, then a second install claiming the same control plane.
+    apply_install(
+        &admin,
+        "first",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "first", "Ready again", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    apply_install(
+        &admin,
+        "second",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    let second = wait_install(&admin, "second", "Stalled by the conflict", |ii| {
+        condition(ii, "Stalled").is_some_and(|c| c["status"] == "True")
+    })
+    .await?;
+    let message = condition(&second, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("already managed by IstioInstall \"first\""),
+        "{message}"
+    );
+    let first = installs(&admin).get("first").await?;
+    assert!(
+        is_ready_at(&first, "1.24.6"),
+        "the first install is unaffected"
+    );
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}
+
+#[tokio::test]
+async fn restarts_resume_and_an_unchanged_install_gets_no_writes() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let op = Operator::start(&admin).await?;
+    remove_all_installs(&admin).await?;
+
+    // Killed mid-install: the next process finishes the same install.
+    apply_install(
+        &admin,
+        "resume",
+        json!({"version": "1.24", "profile": "ambient"}),
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    eventually(INSTALL_TIMEOUT, "istiod exists", || async {
+        Ok(deployments.get_opt("istiod").await?.is_some())
+    })
+    .await?;
+    op.kill().await?;
+    let op = Operator::start(&admin).await?;
+    wait_install(&admin, "resume", "Ready after the restart", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    drop(op);
+
+    // A fresh process on an unchanged, Ready install reconciles it and writes nothing.
+    let op = Operator::start(&admin).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the restarted operator reconciled the install",
+        || async { Ok(op.metric("istio_install_operator_reconciles_total").await? >= 1.0) },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        op.metric("istio_install_operator_write_requests_total")
+            .await?,
+        0.0
+    );
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}
