@@ -482,3 +482,19 @@ fn pod_annotations_affinity_and_pull_secrets() {
         "s1"
     );
 }
+
+#[test]
+fn unknown_provider_is_refused_by_name() {
+    let spec = serde_saphyr::from_str(&nodes_only(
+        "version: '1.23'\nvalues: {cni: {provider: calico}}",
+        "cni: {enabled: true}",
+    ))
+    .unwrap();
+    let err = crate::render::render(&validate(&spec).unwrap(), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("values.cni.provider: expected default or multus, found calico"),
+        "{err}"
+    );
+}
