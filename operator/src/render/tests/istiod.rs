@@ -500,6 +500,10 @@ fn pod_scheduling_values_reach_the_pod() {
     assert_eq!(tolerations[0]["key"], "cni.istio.io/not-ready");
     assert_eq!(tolerations[1]["key"], "dedicated");
     assert_eq!(tmpl["metadata"]["annotations"]["a"], "b");
+    assert_eq!(
+        tmpl["metadata"]["annotations"]["prometheus.io/scrape"],
+        "true"
+    );
     assert_eq!(tmpl["metadata"]["labels"]["team"], "mesh");
     assert!(tmpl["spec"]["affinity"].get("podAntiAffinity").is_some());
 }
@@ -714,6 +718,9 @@ fn impossible_values_fail_naming_the_key() {
         err.contains("values.meshConfig.defaultConfig.tracing.stackdriver"),
         "{err}"
     );
+    // Labels istiod is selected by cannot be replaced.
+    let err = try_istiod("1.23", "values:\n  pilot: {podLabels: {istio: x}}\n").unwrap_err();
+    assert!(err.contains("values.pilot.podLabels.istio"), "{err}");
     // An unknown pilot key is refused by name before rendering.
     let err = try_istiod("1.23", "values:\n  pilot: {autoscaleEnable: false}\n").unwrap_err();
     assert!(err.contains("spec.values.pilot.autoscaleEnable"), "{err}");
