@@ -406,6 +406,16 @@ fn pilot_env_is_rendered_as_strings() {
             Some("0.5")
         );
     }
+    // A name istiod sets itself is replaced, not duplicated (server-side apply keys env by name).
+    let objs = istiod("1.24", "values:\n  pilot: {env: {CLUSTER_ID: east}}\n");
+    let cluster_ids: Vec<_> = env(&objs, "istiod")
+        .into_iter()
+        .filter(|(n, _)| n == "CLUSTER_ID")
+        .collect();
+    assert_eq!(
+        cluster_ids,
+        [("CLUSTER_ID".to_string(), Some("east".to_string()))]
+    );
     // traceSampling 1.0 is "1", as the charts print it.
     assert_eq!(
         env_value(&istiod("1.24", ""), "istiod", "PILOT_TRACE_SAMPLING").as_deref(),
