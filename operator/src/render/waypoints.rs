@@ -71,6 +71,7 @@ mod tests {
     fn waypoint_gateway_has_the_hbone_listener() {
         let w = Waypoint {
             namespace: "app".into(),
+            name: "waypoint".into(),
             for_traffic: Some("all".into()),
             allowed_namespaces: Some("All".into()),
             ..Default::default()
