@@ -735,3 +735,55 @@ fn impossible_values_fail_naming_the_key() {
     let err = try_istiod("1.23", "values:\n  pilot: {autoscaleEnable: false}\n").unwrap_err();
     assert!(err.contains("spec.values.pilot.autoscaleEnable"), "{err}");
 }
+
+#[test]
+fn openshift_chart_profiles_of_1_23() {
+    let objs = istiod("1.23", "values:\n  profile: openshift-ambient\n");
+    assert_eq!(
+        env_value(&objs, "istiod", "PLATFORM").as_deref(),
+        Some("openshift")
+    );
+    for name in [
+        "PILOT_ENABLE_AMBIENT",
+        "PILOT_ENABLE_SENDING_HBONE",
+        "PILOT_ENABLE_SIDECAR_LISTENING_HBONE",
+    ] {
+        assert_eq!(
+            env_value(&objs, "istiod", name).as_deref(),
+            Some("true"),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        container(&objs, "istiod")["image"],
+        "docker.io/istio/pilot:1.23.6-distroless"
+    );
+    let cm = find(&objs, "ConfigMap", "istio-sidecar-injector");
+    let values: Value = serde_json::from_str(cm["data"]["values"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        values["pilot"]["cni"],
+        serde_json::json!({"enabled": true, "provider": "multus"})
+    );
+}
+
+#[test]
+fn compatibility_version_1_20_on_1_23() {
+    let objs = istiod("1.23", "values:\n  compatibilityVersion: '1.20'\n");
+    assert_eq!(
+        env_value(&objs, "istiod", "ENABLE_EXTERNAL_NAME_ALIAS").as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        env_value(
+            &objs,
+            "istiod",
+            "PERSIST_OLDEST_FIRST_HEURISTIC_FOR_VIRTUAL_SERVICE_HOST_MATCHING"
+        )
+        .as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        mesh(&objs, "istio")["defaultConfig"]["tracing"]["zipkin"]["address"],
+        "zipkin.istio-system:9411"
+    );
+}
