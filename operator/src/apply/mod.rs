@@ -89,7 +89,7 @@ pub fn prunable_kinds() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{key}: {source}")]
+    #[error("{key}: {}", api_message(source))]
     Kube {
         key: String,
         #[source]
@@ -97,6 +97,23 @@ pub enum ApplyError {
     },
     #[error("{0}: the API server does not serve this kind (is its CRD installed?)")]
     UnknownKind(String),
+}
+
+/// The API server's own message (not the whole Status dump), bounded for status conditions.
+fn api_message(e: &kube::Error) -> String {
+    let mut m = match e {
+        kube::Error::Api(s) => format!("{} ({})", s.message, s.reason),
+        other => other.to_string(),
+    };
+    if m.len() > 600 {
+        let cut = (0..=600)
+            .rev()
+            .find(|i| m.is_char_boundary(*i))
+            .unwrap_or(0);
+        m.truncate(cut);
+        m.push_str("…");
+    }
+    m
 }
 
 impl ApplyError {

@@ -360,8 +360,11 @@ async fn apply_step(
         let key = ObjectKey::of(desired);
         let live = ctx.applier.get(&key).await?;
         if let Some(live) = &live {
+            // Another install's object blocks us only while that install exists: what an
+            // uninstalled one left behind on purpose (CRDs) is adopted.
             let holder = live["metadata"]["labels"][INSTALL_LABEL].as_str();
-            if holder.is_some_and(|h| h != install) {
+            let holder_exists = |h: &str| ctx.installs.get(&ObjectRef::new(h)).is_some();
+            if holder.is_some_and(|h| h != install && holder_exists(h)) {
                 return Err(StepError::Blocked(format!(
                     "{key} is managed by IstioInstall {}; remove it from one of the two installs",
                     holder.unwrap_or_default()
@@ -711,9 +714,20 @@ pub async fn run(
     let readiness = {
         let store = store.clone();
         async move {
-            if store.wait_until_ready().await.is_ok() {
-                ready.set(true);
-                tracing::info!("watches synced; ready");
+            // The store's readiness signal wakes only its latest waiter (the controller's own
+            // runner), so poll it again now and then instead of waiting once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        ready.set(true);
+                        tracing::info!("watches synced; ready");
+                        return;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
+                }
             }
         }
     };
