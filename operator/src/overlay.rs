@@ -66,7 +66,7 @@ pub fn parse_path(path: &str) -> Result<Vec<PathSegment>, String> {
 fn matches(item: &Value, key: &str, value: &str) -> bool {
     match item.get(key) {
         Some(Value::String(s)) => s == value,
-        Some(other) => other.to_string() == value,
+        Some(other) => *other == value,
         None => false,
     }
 }

@@ -111,7 +111,7 @@ fn api_message(e: &kube::Error) -> String {
             .find(|i| m.is_char_boundary(*i))
             .unwrap_or(0);
         m.truncate(cut);
-        m.push_str("…");
+        m.push('…');
     }
     m
 }

@@ -125,16 +125,15 @@ impl LeaderElector {
 
     /// Gives the lease up so a successor does not wait for it to expire.
     pub async fn release(&self) {
-        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await {
-            if let Some(spec) = lease.spec.as_mut() {
-                if spec.holder_identity.as_deref() == Some(self.identity.as_str()) {
-                    spec.holder_identity = None;
-                    let _ = self
-                        .api
-                        .replace(&self.name, &PostParams::default(), &lease)
-                        .await;
-                }
-            }
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await
+            && let Some(spec) = lease.spec.as_mut()
+            && spec.holder_identity.as_deref() == Some(self.identity.as_str())
+        {
+            spec.holder_identity = None;
+            let _ = self
+                .api
+                .replace(&self.name, &PostParams::default(), &lease)
+                .await;
         }
     }
 }

@@ -116,10 +116,10 @@ pub fn plan(rendered: Vec<RenderedObject>, owner: &Owner) -> Plan {
                 "blockOwnerDeletion": false,
             }]);
         }
-        if let Some(ns) = obj["metadata"]["namespace"].as_str() {
-            if !plan.namespaces.iter().any(|n| n == ns) {
-                plan.namespaces.push(ns.to_string());
-            }
+        if let Some(ns) = obj["metadata"]["namespace"].as_str()
+            && !plan.namespaces.iter().any(|n| n == ns)
+        {
+            plan.namespaces.push(ns.to_string());
         }
         match plan.steps.last_mut() {
             Some(step)

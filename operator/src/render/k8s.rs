@@ -25,27 +25,27 @@ pub(super) fn apply_overrides(
     if let Some(workload) = first_mut(objects, &["Deployment", "DaemonSet"]) {
         let is_deployment = workload["kind"] == "Deployment";
         let pod = &mut workload["spec"]["template"]["spec"];
-        if let Some(r) = &k8s.resources {
-            if let Some(c) = pod["containers"].get_mut(0) {
-                c["resources"] = to_value(r);
-            }
+        if let Some(r) = &k8s.resources
+            && let Some(c) = pod["containers"].get_mut(0)
+        {
+            c["resources"] = to_value(r);
         }
-        if !k8s.env.is_empty() {
-            if let Some(c) = pod["containers"].get_mut(0) {
-                let env = c
-                    .as_object_mut()
-                    .expect("container is a map")
-                    .entry("env")
-                    .or_insert_with(|| json!([]));
-                let list = env
-                    .as_array_mut()
-                    .ok_or("the main container's env is not a list")?;
-                for e in &k8s.env {
-                    let v = to_value(e);
-                    match list.iter_mut().find(|x| x["name"] == v["name"]) {
-                        Some(slot) => *slot = v,
-                        None => list.push(v),
-                    }
+        if !k8s.env.is_empty()
+            && let Some(c) = pod["containers"].get_mut(0)
+        {
+            let env = c
+                .as_object_mut()
+                .expect("container is a map")
+                .entry("env")
+                .or_insert_with(|| json!([]));
+            let list = env
+                .as_array_mut()
+                .ok_or("the main container's env is not a list")?;
+            for e in &k8s.env {
+                let v = to_value(e);
+                match list.iter_mut().find(|x| x["name"] == v["name"]) {
+                    Some(slot) => *slot = v,
+                    None => list.push(v),
                 }
             }
         }

@@ -102,10 +102,10 @@ pub fn next_status(
     let conditions = [ready, reconciling, stalled]
         .into_iter()
         .map(|mut c| {
-            if let Some(old) = prev.conditions.iter().find(|o| o.type_ == c.type_) {
-                if old.status == c.status {
-                    c.last_transition_time = old.last_transition_time.clone();
-                }
+            if let Some(old) = prev.conditions.iter().find(|o| o.type_ == c.type_)
+                && old.status == c.status
+            {
+                c.last_transition_time = old.last_transition_time.clone();
             }
             c
         })

@@ -272,10 +272,10 @@ pub fn parse_set_value(raw: &str) -> Value {
     if let Ok(i) = raw.parse::<i64>() {
         return Value::from(i);
     }
-    if raw.starts_with('{') || raw.starts_with('[') {
-        if let Ok(v) = serde_saphyr::from_str::<Value>(raw) {
-            return v;
-        }
+    if (raw.starts_with('{') || raw.starts_with('['))
+        && let Ok(v) = serde_saphyr::from_str::<Value>(raw)
+    {
+        return v;
     }
     Value::String(raw.to_string())
 }
