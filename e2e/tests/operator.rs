@@ -54,7 +54,26 @@ struct Operator {
 }
 
 impl Operator {
+    /// Starts an operator (leader election off) and waits until it is ready.
     async fn start(admin: &Client) -> Result<Operator> {
+        let op = Operator::spawn(admin, false).await?;
+        eventually(
+            Duration::from_secs(60),
+            "the operator reports ready",
+            || async {
+                Ok(op
+                    .get("/readyz")
+                    .await
+                    .map(|(code, _)| code == 200)
+                    .unwrap_or(false))
+            },
+        )
+        .await?;
+        Ok(op)
+    }
+
+    /// Starts an operator process under its own ServiceAccount, without waiting for it.
+    async fn spawn(admin: &Client, leader_elect: bool) -> Result<Operator> {
         apply_crd_file(admin, &repo_path("crds/istioinstall.io_istioinstalls.yaml")).await?;
         apply_file(
             admin,
@@ -77,34 +96,22 @@ impl Operator {
         let child = tokio::process::Command::new(&bin)
             .args([
                 "run",
-                "--leader-elect=false",
+                &format!("--leader-elect={leader_elect}"),
                 "--metrics-addr",
                 &format!("127.0.0.1:{port}"),
             ])
             .env("KUBECONFIG", &sa.kubeconfig)
+            .env("POD_NAMESPACE", "istio-install-operator")
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} (run `make build`)", bin.display()))?;
-        let op = Operator {
+        Ok(Operator {
             child,
             metrics_port: port,
-        };
-        eventually(
-            Duration::from_secs(60),
-            "the operator reports ready",
-            || async {
-                Ok(op
-                    .get("/readyz")
-                    .await
-                    .map(|(code, _)| code == 200)
-                    .unwrap_or(false))
-            },
-        )
-        .await?;
-        Ok(op)
+        })
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
@@ -513,5 +520,186 @@ async fn restarts_resume_and_an_unchanged_install_gets_no_writes() -> Result<()>
 
     remove_all_installs(&admin).await?;
     drop(op);
+    Ok(())
+}
+
+#[tokio::test]
+async fn waypoints_need_the_gateway_api_and_enrol_their_namespace() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let op = Operator::start(&admin).await?;
+    remove_all_installs(&admin).await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    if crds
+        .get_opt("gateways.gateway.networking.k8s.io")
+        .await?
+        .is_some()
+    {
+        crds.delete(
+            "gateways.gateway.networking.k8s.io",
+            &DeleteParams::default(),
+        )
+        .await?;
+        eventually(
+            Duration::from_secs(60),
+            "the Gateway CRD is gone",
+            || async {
+                Ok(crds
+                    .get_opt("gateways.gateway.networking.k8s.io")
+                    .await?
+                    .is_none())
+            },
+        )
+        .await?;
+    }
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "bookinfo"}}))?;
+    let _ = namespaces.create(&PostParams::default(), &ns).await;
+
+    let spec = json!({"version": "1.24", "profile": "ambient",
+        "waypoints": [{"namespace": "bookinfo", "for": "all", "enrollNamespace": true}]});
+    apply_install(&admin, "wp", spec).await?;
+    let ii = wait_install(&admin, "wp", "Stalled for the missing Gateway API", |ii| {
+        condition(ii, "Stalled")
+            .is_some_and(|c| c["status"] == "True" && c["reason"] == "MissingGatewayAPI")
+    })
+    .await?;
+    let message = condition(&ii, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("gateways.gateway.networking.k8s.io"),
+        "{message}"
+    );
+
+    // The Gateway API arrives (a minimal stand-in for its CRD); the waypoint is created.
+    let gateway_crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gateways.gateway.networking.k8s.io",
+            "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/2466"}},
+        "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+            "names": {"plural": "gateways", "singular": "gateway", "kind": "Gateway", "listKind": "GatewayList"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))?;
+    crds.create(&PostParams::default(), &gateway_crd).await?;
+    let gw_resource = ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "Gateway".into(),
+        plural: "gateways".into(),
+    };
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(admin.clone(), "bookinfo", &gw_resource);
+    eventually(Duration::from_secs(120), "the waypoint Gateway exists", || async {
+        // Nudge a reconcile (a new CRD is not one of the watched objects).
+        let nudge = json!({"metadata": {"annotations": {"e2e/nudge": format!("{:?}", std::time::Instant::now())}}});
+        installs(&admin).patch("wp", &PatchParams::default(), &Patch::Merge(&nudge)).await?;
+        Ok(gateways.get_opt("waypoint").await?.is_some())
+    })
+    .await?;
+    let gw = gateways.get("waypoint").await?;
+    assert_eq!(gw.data["spec"]["gatewayClassName"], "istio-waypoint");
+    assert_eq!(gw.data["spec"]["listeners"][0]["protocol"], "HBONE");
+    assert_eq!(
+        gw.metadata.labels.as_ref().unwrap()["istio.io/waypoint-for"],
+        "all"
+    );
+
+    // istiod would program it; nothing runs in this cluster, so the test plays istiod.
+    let programmed = json!({"status": {"conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed",
+        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    gateways
+        .patch_status(
+            "waypoint",
+            &PatchParams::default(),
+            &Patch::Merge(&programmed),
+        )
+        .await?;
+    wait_install(&admin, "wp", "Ready with the waypoint", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    eventually(Duration::from_secs(30), "bookinfo is enrolled", || async {
+        let labels = namespaces
+            .get("bookinfo")
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        Ok(
+            labels.get("istio.io/dataplane-mode").map(String::as_str) == Some("ambient")
+                && labels.get("istio.io/use-waypoint").map(String::as_str) == Some("waypoint"),
+        )
+    })
+    .await?;
+
+    // Removing the waypoint prunes the Gateway and takes the labels off again.
+    apply_install(
+        &admin,
+        "wp",
+        json!({"version": "1.24", "profile": "ambient"}),
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(60),
+        "the waypoint is pruned and bookinfo unenrolled",
+        || async {
+            let labels = namespaces
+                .get("bookinfo")
+                .await?
+                .metadata
+                .labels
+                .unwrap_or_default();
+            Ok(gateways.get_opt("waypoint").await?.is_none()
+                && !labels.contains_key("istio.io/use-waypoint"))
+        },
+    )
+    .await?;
+
+    remove_all_installs(&admin).await?;
+    crds.delete(
+        "gateways.gateway.networking.k8s.io",
+        &DeleteParams::default(),
+    )
+    .await?;
+    drop(op);
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_endpoints_and_leader_election() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let op = Operator::start(&admin).await?;
+    let (code, body) = op.get("/livez").await?;
+    assert_eq!(code, 200, "{body}");
+    let (_, metrics) = op.get("/metrics").await?;
+    assert!(
+        metrics.contains("istio_install_operator_reconcile_duration_seconds"),
+        "{metrics}"
+    );
+    drop(op);
+
+    // Two replicas with leader election: exactly one becomes ready (the other waits for the Lease).
+    let a = Operator::spawn(&admin, true).await?;
+    let b = Operator::spawn(&admin, true).await?;
+    eventually(Duration::from_secs(60), "one replica leads", || async {
+        let ready = [a.get("/readyz").await, b.get("/readyz").await]
+            .into_iter()
+            .filter(|r| r.as_ref().is_ok_and(|(code, _)| *code == 200))
+            .count();
+        Ok(ready == 1)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready = [a.get("/readyz").await?, b.get("/readyz").await?]
+        .into_iter()
+        .filter(|(c, _)| *c == 200)
+        .count();
+    assert_eq!(ready, 1, "still exactly one leader");
     Ok(())
 }
