@@ -2,7 +2,8 @@
 # Heavy builds (Go control plane, cargo target) are cached outside the repo.
 SHELL := /bin/bash
 export E2E_ROOT ?= /var/tmp/istio-install-operator-e2e
-export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# One release-profile build serves the binary, the unit tests and the e2e tests (built once).
+export CARGO_TARGET_DIR ?= /var/tmp/istio-install-operator-cargo-target
 REFERENCE ?= $(CURDIR)/../shared/reference/upstream-digest
 OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
 
@@ -17,7 +18,7 @@ build:
 	cargo build --release --locked -p istio-install-operator
 
 unit:
-	cargo test --locked --workspace --exclude istio-install-e2e
+	cargo test --release --locked --workspace --exclude istio-install-e2e
 
 crds: build
 	$(OPERATOR) crd > crds/istioinstall.io_istioinstalls.yaml
@@ -35,7 +36,7 @@ e2e-down:
 	e2e/cluster.sh down
 
 e2e-test:
-	cargo test --locked --no-fail-fast -p istio-install-e2e -- --test-threads=2
+	cargo test --release --locked --no-fail-fast -p istio-install-e2e -- --test-threads=2
 
 # Brings the cluster up, runs the e2e tests, and always takes the cluster down again.
 e2e: build e2e-binaries
