@@ -1,9 +1,6 @@
 //! Component selection and Kubernetes-level overrides, shaped like IstioOperator's
 //! `spec.components` so existing specs can be pasted.
 
-use k8s_openapi::api::core::v1::{
-    Affinity, EnvVar, PodSecurityContext, ResourceRequirements, Toleration,
-};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -83,12 +80,17 @@ pub struct GatewayComponentSpec {
 
 /// Kubernetes settings of a component's Deployment or DaemonSet (and its Service, HPA and PDB),
 /// applied over what the chart rendered. Same names as IstioOperator's `k8s`.
+///
+/// Kubernetes-typed fields are kept as JSON here and checked against their Kubernetes types by
+/// `validate` (errors name the field): a value that does not fit must stall this install, never
+/// fail the decoding of the whole IstioInstall list the controller watches.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KubernetesOverrides {
-    /// Container resources of the main container.
+    /// Container resources of the main container (a Kubernetes `ResourceRequirements`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    #[schemars(schema_with = "crate::api::free_form_object")]
+    pub resources: Option<serde_json::Value>,
     /// Replicas of a Deployment. Ignored (with a warning) while an HPA manages the replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -107,15 +109,15 @@ pub struct KubernetesOverrides {
     /// Tolerations of the pods (replace the rendered ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::free_form_list")]
-    pub tolerations: Option<Vec<Toleration>>,
+    pub tolerations: Option<Vec<serde_json::Value>>,
     /// Affinity of the pods (a Kubernetes `Affinity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::free_form_object")]
-    pub affinity: Option<Affinity>,
+    pub affinity: Option<serde_json::Value>,
     /// Environment variables of the main container (Kubernetes `EnvVar`s), merged by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::api::free_form_list")]
-    pub env: Vec<EnvVar>,
+    pub env: Vec<serde_json::Value>,
     /// Annotations of the pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_annotations: Option<BTreeMap<String, String>>,
@@ -128,7 +130,7 @@ pub struct KubernetesOverrides {
     /// Pod security context (a Kubernetes `PodSecurityContext`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::free_form_object")]
-    pub security_context: Option<PodSecurityContext>,
+    pub security_context: Option<serde_json::Value>,
     /// Deployment strategy or DaemonSet updateStrategy; merged over the rendered one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::free_form_object")]

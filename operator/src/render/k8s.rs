@@ -28,7 +28,7 @@ pub(super) fn apply_overrides(
         if let Some(r) = &k8s.resources
             && let Some(c) = pod["containers"].get_mut(0)
         {
-            c["resources"] = to_value(r);
+            c["resources"] = r.clone();
         }
         if !k8s.env.is_empty()
             && let Some(c) = pod["containers"].get_mut(0)
@@ -42,7 +42,7 @@ pub(super) fn apply_overrides(
                 .as_array_mut()
                 .ok_or("the main container's env is not a list")?;
             for e in &k8s.env {
-                let v = to_value(e);
+                let v = e.clone();
                 match list.iter_mut().find(|x| x["name"] == v["name"]) {
                     Some(slot) => *slot = v,
                     None => list.push(v),
@@ -53,16 +53,16 @@ pub(super) fn apply_overrides(
             pod["nodeSelector"] = to_value(ns);
         }
         if let Some(t) = &k8s.tolerations {
-            pod["tolerations"] = to_value(t);
+            pod["tolerations"] = Value::Array(t.clone());
         }
         if let Some(a) = &k8s.affinity {
-            pod["affinity"] = to_value(a);
+            pod["affinity"] = a.clone();
         }
         if let Some(p) = &k8s.priority_class_name {
             pod["priorityClassName"] = json!(p);
         }
         if let Some(s) = &k8s.security_context {
-            pod["securityContext"] = to_value(s);
+            pod["securityContext"] = s.clone();
         }
         if let Some(a) = &k8s.pod_annotations {
             merge(

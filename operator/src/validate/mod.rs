@@ -405,6 +405,9 @@ fn select_components(
         }
     }
     for c in &out {
+        if let Some(k8s) = &c.k8s {
+            check_kubernetes_types(k8s, &format!("components.{}.k8s", c.kind.field()))?;
+        }
         let overlays = c
             .k8s
             .as_ref()
@@ -425,6 +428,59 @@ fn select_components(
         }
     }
     Ok(out)
+}
+
+/// Checks the Kubernetes-typed overrides against their Kubernetes types.
+fn check_kubernetes_types(k8s: &KubernetesOverrides, field: &str) -> Result<(), ValidationError> {
+    use k8s_openapi::api::core::v1::{
+        Affinity, EnvVar, PodSecurityContext, ResourceRequirements, Toleration,
+    };
+    fn check<T: serde::de::DeserializeOwned>(
+        v: &Value,
+        field: String,
+        what: &str,
+    ) -> Result<(), ValidationError> {
+        serde_json::from_value::<T>(v.clone())
+            .map(|_| ())
+            .map_err(|e| ValidationError::Invalid {
+                field,
+                message: format!("expected a Kubernetes {what}: {e}"),
+            })
+    }
+    if let Some(r) = &k8s.resources {
+        // Quantities may be written as numbers (cpu: 1); Kubernetes reads them as strings.
+        let r = quantities_as_strings(r);
+        check::<ResourceRequirements>(&r, format!("{field}.resources"), "ResourceRequirements")?;
+    }
+    for (i, t) in k8s.tolerations.iter().flatten().enumerate() {
+        check::<Toleration>(t, format!("{field}.tolerations[{i}]"), "Toleration")?;
+    }
+    if let Some(a) = &k8s.affinity {
+        check::<Affinity>(a, format!("{field}.affinity"), "Affinity")?;
+    }
+    for (i, e) in k8s.env.iter().enumerate() {
+        check::<EnvVar>(
+            e,
+            format!("{field}.env[{i}]"),
+            "EnvVar (name, value or valueFrom)",
+        )?;
+    }
+    if let Some(s) = &k8s.security_context {
+        check::<PodSecurityContext>(s, format!("{field}.securityContext"), "PodSecurityContext")?;
+    }
+    Ok(())
+}
+
+fn quantities_as_strings(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), quantities_as_strings(v)))
+                .collect(),
+        ),
+        Value::Number(n) => Value::String(n.to_string()),
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -513,6 +569,22 @@ mod tests {
         assert_eq!(v.values["global"]["tag"], "t1");
         assert_eq!(v.values["revision"], "canary");
         assert_eq!(v.revision, "canary");
+    }
+
+    #[test]
+    fn kubernetes_typed_overrides_are_checked_by_field() {
+        let err = validate(&spec(
+            "version: '1.24'\ncomponents:\n  pilot:\n    k8s:\n      tolerations: [{key: a, tolerationSeconds: soon}]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "spec.components.pilot.k8s.tolerations[0]: expected a Kubernetes Toleration"
+            ),
+            "{err}"
+        );
+        assert!(validate(&spec("version: '1.24'\ncomponents:\n  pilot:\n    k8s:\n      resources: {requests: {cpu: 1}}\n")).is_ok());
     }
 
     #[test]
