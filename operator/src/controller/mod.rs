@@ -113,60 +113,21 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     let validated = match validate::validate(&ii.spec) {
         Ok(v) => v,
         Err(e) => {
-            let state = State::Stalled {
-                reason: "InvalidSpec".into(),
-                message: e.to_string(),
-            };
-            finish(
-                ii,
-                ctx,
-                Outcome {
-                    state,
-                    desired_version: None,
-                    components: vec![],
-                },
-            )
-            .await?;
+            stall(ii, ctx, "InvalidSpec", e.to_string(), None).await?;
             return Ok(Action::await_change());
         }
     };
     let desired_version = Some(validated.release.to_string());
 
     if let Some(message) = conflict(ii, &validated, ctx) {
-        let state = State::Stalled {
-            reason: "Conflict".into(),
-            message,
-        };
-        finish(
-            ii,
-            ctx,
-            Outcome {
-                state,
-                desired_version,
-                components: vec![],
-            },
-        )
-        .await?;
+        stall(ii, ctx, "Conflict", message, desired_version).await?;
         return Ok(Action::requeue(WHEN_BLOCKED));
     }
 
     let mut rendered = match render::render(&validated, Some(&name)) {
         Ok(r) => r,
         Err(e) => {
-            let state = State::Stalled {
-                reason: "RenderFailed".into(),
-                message: e.to_string(),
-            };
-            finish(
-                ii,
-                ctx,
-                Outcome {
-                    state,
-                    desired_version,
-                    components: vec![],
-                },
-            )
-            .await?;
+            stall(ii, ctx, "RenderFailed", e.to_string(), desired_version).await?;
             return Ok(Action::await_change());
         }
     };
@@ -196,11 +157,8 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         }
         let progress = match apply_step(step, &name, ctx).await {
             Ok(p) => p,
-            Err(StepError::Blocked(message)) => {
-                let state = State::Stalled {
-                    reason: "ObjectConflict".into(),
-                    message,
-                };
+            Err(e) => {
+                let (state, result) = step_failure(e, &step.component_name);
                 finish(
                     ii,
                     ctx,
@@ -211,45 +169,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
                     },
                 )
                 .await?;
-                return Ok(Action::requeue(WHEN_BLOCKED));
-            }
-            Err(StepError::Api(e)) if !e.is_transient() => {
-                let state = State::Stalled {
-                    reason: if e.is_forbidden() {
-                        "Forbidden".into()
-                    } else {
-                        "ApplyRejected".into()
-                    },
-                    message: format!("component {}: {e}", step.component_name),
-                };
-                finish(
-                    ii,
-                    ctx,
-                    Outcome {
-                        state,
-                        desired_version,
-                        components,
-                    },
-                )
-                .await?;
-                return Ok(Action::requeue(WHEN_BLOCKED));
-            }
-            Err(StepError::Api(e)) => {
-                let state = State::Progressing {
-                    reason: "ApplyFailed".into(),
-                    message: format!("component {}: {e} (retrying)", step.component_name),
-                };
-                finish(
-                    ii,
-                    ctx,
-                    Outcome {
-                        state,
-                        desired_version,
-                        components,
-                    },
-                )
-                .await?;
-                return Err(e.into());
+                return result;
             }
         };
         ctx.metrics
@@ -334,6 +254,64 @@ fn waypoint_objects(
             }
         })
         .collect()
+}
+
+/// Stops at an install-wide problem that needs a change of spec or cluster; components keep
+/// the status they had.
+async fn stall(
+    ii: &IstioInstall,
+    ctx: &Context,
+    reason: &str,
+    message: String,
+    desired_version: Option<String>,
+) -> Result<(), Error> {
+    let state = State::Stalled {
+        reason: reason.into(),
+        message,
+    };
+    finish(
+        ii,
+        ctx,
+        Outcome {
+            state,
+            desired_version,
+            components: vec![],
+        },
+    )
+    .await
+}
+
+/// What a failed step means for the install: an object held by another install or refused by
+/// the API server stalls it (retried now and then); anything else is retried with backoff.
+fn step_failure(e: StepError, component: &str) -> (State, Result<Action, Error>) {
+    match e {
+        StepError::Blocked(message) => (
+            State::Stalled {
+                reason: "ObjectConflict".into(),
+                message,
+            },
+            Ok(Action::requeue(WHEN_BLOCKED)),
+        ),
+        StepError::Api(e) if !e.is_transient() => (
+            State::Stalled {
+                reason: if e.is_forbidden() {
+                    "Forbidden"
+                } else {
+                    "ApplyRejected"
+                }
+                .into(),
+                message: format!("component {component}: {e}"),
+            },
+            Ok(Action::requeue(WHEN_BLOCKED)),
+        ),
+        StepError::Api(e) => (
+            State::Progressing {
+                reason: "ApplyFailed".into(),
+                message: format!("component {component}: {e} (retrying)"),
+            },
+            Err(e.into()),
+        ),
+    }
 }
 
 enum StepError {
