@@ -111,15 +111,17 @@ fn environment() -> &'static Environment<'static> {
                 .build()
                 .expect("valid syntax config"),
         );
-        for b in bundle::bundles() {
-            for (path, text) in b.files_under("templates") {
-                if path.contains("/files/") {
-                    continue;
-                }
-                env.add_template_owned(format!("{}/{path}", b.minor), text)
-                    .unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", b.minor));
-            }
-        }
+        // Templates compile on first use: a process rendering one release never pays for the
+        // other bundles' templates.
+        env.set_loader(|name| {
+            let Some((minor, path)) = name.split_once('/') else { return Ok(None) };
+            Ok(bundle::bundles()
+                .iter()
+                .find(|b| b.minor == minor)
+                .and_then(|b| b.file(path))
+                .filter(|_| path.starts_with("templates/") && !path.contains("/files/"))
+                .map(str::to_string))
+        });
         env.add_function("fail", |msg: String| -> Result<(), TemplateError> {
             Err(TemplateError::new(ErrorKind::InvalidOperation, msg))
         });
@@ -178,7 +180,7 @@ pub fn render(
                 continue;
             }
             let name = format!("{}/{path}", bundle.minor);
-            let tmpl = env.get_template(&name).expect("every template was loaded");
+            let tmpl = env.get_template(&name).map_err(|e| template_error(&name, &e))?;
             let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
             for doc in split_documents(&text) {
                 let value = parse_yaml(doc).map_err(|message| RenderError::Yaml {
