@@ -47,6 +47,8 @@ pub struct Bundle {
     pub manifest: BundleManifest,
     /// Path relative to the minor's folder → text.
     files: BTreeMap<String, String>,
+    /// Parsed values layers and YAML files, memoised: they never change within a process.
+    parsed: std::sync::Mutex<BTreeMap<String, Option<Value>>>,
 }
 
 /// An exact release resolved from `spec.version`.
@@ -104,6 +106,22 @@ impl Bundle {
 
     /// A YAML file of this bundle parsed to JSON values; `None` when absent.
     pub fn yaml(&self, path: &str) -> Option<Value> {
+        self.memo(&format!("file:{path}"), || self.parse_file(path))
+    }
+
+    fn memo(&self, key: &str, compute: impl FnOnce() -> Option<Value>) -> Option<Value> {
+        if let Some(v) = self.parsed.lock().expect("not poisoned").get(key) {
+            return v.clone();
+        }
+        let v = compute();
+        self.parsed
+            .lock()
+            .expect("not poisoned")
+            .insert(key.to_string(), v.clone());
+        v
+    }
+
+    fn parse_file(&self, path: &str) -> Option<Value> {
         self.file(path).map(|text| {
             parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor))
         })
@@ -122,6 +140,10 @@ impl Bundle {
     /// A values layer: `values/<name>.yaml` and every `values/<name>/*.yaml`, deep-merged
     /// (each component keeps its part of a layer in its own file). `None` when absent.
     pub fn layer(&self, name: &str) -> Option<Value> {
+        self.memo(&format!("layer:{name}"), || self.merge_layer(name))
+    }
+
+    fn merge_layer(&self, name: &str) -> Option<Value> {
         let single = format!("values/{name}.yaml");
         let mut parts: Vec<(&str, &str)> = self
             .file(&single)
@@ -244,6 +266,7 @@ pub fn bundles() -> &'static [Bundle] {
                 let manifest: BundleManifest = serde_saphyr::from_str(text)
                     .unwrap_or_else(|e| panic!("charts/{minor}/bundle.yaml: {e}"));
                 Some(Bundle {
+                    parsed: Default::default(),
                     minor,
                     manifest,
                     files,

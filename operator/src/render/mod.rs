@@ -11,7 +11,8 @@ use crate::validate::{ComponentKind, ValidatedComponent, ValidatedInstall};
 use minijinja::value::Serde;
 use minijinja::{Environment, Error as TemplateError, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Value, json};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 /// Label on every rendered object: the component it belongs to.
 pub const COMPONENT_LABEL: &str = "istioinstall.io/component";
@@ -114,7 +115,9 @@ fn environment() -> &'static Environment<'static> {
         // Templates compile on first use: a process rendering one release never pays for the
         // other bundles' templates.
         env.set_loader(|name| {
-            let Some((minor, path)) = name.split_once('/') else { return Ok(None) };
+            let Some((minor, path)) = name.split_once('/') else {
+                return Ok(None);
+            };
             Ok(bundle::bundles()
                 .iter()
                 .find(|b| b.minor == minor)
@@ -126,6 +129,9 @@ fn environment() -> &'static Environment<'static> {
             Err(TemplateError::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("file", read_file);
+        // Jinja's `namespace()` (state that survives a loop) under a name the template context
+        // does not shadow: `namespace` is this component's namespace there.
+        env.add_function("accumulator", minijinja::functions::namespace);
         env.add_filter(
             "toyaml",
             |v: Serde<Value>| -> Result<String, TemplateError> {
@@ -171,19 +177,22 @@ pub fn render(
     let env = environment();
     let bundle = install.bundle();
     let mut out = Vec::new();
+    let values = minijinja::Value::from(Serde(&install.values));
     for component in &install.components {
         let dir = format!("templates/{}/", component.kind.template_dir());
-        let ctx = context(install, component);
+        let ctx = context(install, component, &values);
         let mut objects = Vec::new();
         for (path, _) in bundle.files_under(&dir) {
             if path.contains("/files/") || !path.ends_with(".yaml") {
                 continue;
             }
             let name = format!("{}/{path}", bundle.minor);
-            let tmpl = env.get_template(&name).map_err(|e| template_error(&name, &e))?;
+            let tmpl = env
+                .get_template(&name)
+                .map_err(|e| template_error(&name, &e))?;
             let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
             for doc in split_documents(&text) {
-                let value = parse_yaml(doc).map_err(|message| RenderError::Yaml {
+                let value = parse_document(doc).map_err(|message| RenderError::Yaml {
                     template: name.clone(),
                     message,
                 })?;
@@ -211,7 +220,13 @@ pub fn render(
     Ok(out)
 }
 
-fn context(install: &ValidatedInstall, component: &ValidatedComponent) -> minijinja::Value {
+/// The template context of one component. `values` is converted once per render and shared
+/// (minijinja values are reference-counted), not once per component.
+fn context(
+    install: &ValidatedInstall,
+    component: &ValidatedComponent,
+    values: &minijinja::Value,
+) -> minijinja::Value {
     let gateway = match component.kind {
         ComponentKind::IngressGateway | ComponentKind::EgressGateway => {
             let ingress = component.kind == ComponentKind::IngressGateway;
@@ -229,8 +244,7 @@ fn context(install: &ValidatedInstall, component: &ValidatedComponent) -> miniji
         }
         _ => Value::Null,
     };
-    minijinja::Value::from(Serde(json!({
-        "values": install.values,
+    let rest = minijinja::Value::from(Serde(json!({
         "release": {
             "version": install.release.to_string(),
             "minor": install.release.minor_string(),
@@ -242,7 +256,8 @@ fn context(install: &ValidatedInstall, component: &ValidatedComponent) -> miniji
         "istioNamespace": install.namespace,
         "component": component.kind.field(),
         "gateway": gateway,
-    })))
+    })));
+    minijinja::context! { values => values.clone(), ..rest }
 }
 
 fn template_error(name: &str, e: &TemplateError) -> RenderError {
@@ -255,6 +270,40 @@ fn template_error(name: &str, e: &TemplateError) -> RenderError {
         line: e.line(),
         message,
     }
+}
+
+/// Parses one rendered document. A document that is JSON (a template may emit a structure with
+/// `tojson`) skips the YAML parser, which costs far more per byte. Parsed documents are memoised
+/// by their text: the operator re-renders the same install on every reconcile, and most
+/// templates produce the same text each time.
+fn parse_document(doc: &str) -> Result<Value, String> {
+    const CACHE_LIMIT: usize = 4096;
+    let cache = parsed_documents();
+    if let Some(v) = cache.lock().expect("not poisoned").get(doc) {
+        return Ok(v.clone());
+    }
+    let trimmed = doc.trim_start();
+    let value = if trimmed.starts_with('{') {
+        serde_json::from_str(trimmed).map_err(|e| e.to_string())?
+    } else {
+        parse_yaml(doc)?
+    };
+    let mut cache = cache.lock().expect("not poisoned");
+    if cache.len() >= CACHE_LIMIT {
+        cache.clear();
+    }
+    cache.insert(doc.to_string(), value.clone());
+    Ok(value)
+}
+
+fn parsed_documents() -> &'static Mutex<HashMap<String, Value>> {
+    static PARSED: OnceLock<Mutex<HashMap<String, Value>>> = OnceLock::new();
+    PARSED.get_or_init(Default::default)
+}
+
+/// Empties the parse memo, so the next render parses everything (a cold render).
+pub fn clear_parse_cache() {
+    parsed_documents().lock().expect("not poisoned").clear();
 }
 
 /// Splits multi-document YAML on `---` lines.
