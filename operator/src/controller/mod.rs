@@ -334,9 +334,10 @@ async fn apply_step(
     ctx: &Context,
 ) -> Result<Option<String>, StepError> {
     let mut waiting = None;
-    for desired in &step.objects {
-        let key = ObjectKey::of(desired);
-        let live = ctx.applier.get(&key).await?;
+    // Reads go out together; writes then follow in the planned order.
+    let keys: Vec<ObjectKey> = step.keys().collect();
+    let lives = futures::future::try_join_all(keys.iter().map(|k| ctx.applier.get(k))).await?;
+    for ((desired, key), live) in step.objects.iter().zip(keys).zip(lives) {
         if let Some(live) = &live {
             // Another install's object blocks us only while that install exists: what an
             // uninstalled one left behind on purpose (CRDs) is adopted.
@@ -388,9 +389,16 @@ async fn ensure_namespaces(plan: &Plan, ctx: &Context) -> Result<(), Error> {
 
 async fn list_owned(install: &str, ctx: &Context) -> Result<Vec<Value>, Error> {
     let selector = format!("{MANAGED_SELECTOR},{INSTALL_LABEL}={install}");
+    let selector = selector.as_str();
+    let lists = futures::future::join_all(
+        crate::apply::prunable_kinds().map(|(api_version, kind)| async move {
+            (kind, ctx.applier.list(api_version, kind, selector).await)
+        }),
+    )
+    .await;
     let mut out = Vec::new();
-    for (api_version, kind) in crate::apply::prunable_kinds() {
-        match ctx.applier.list(api_version, kind, &selector).await {
+    for (kind, list) in lists {
+        match list {
             Ok(items) => out.extend(items),
             Err(e) if e.is_forbidden() => tracing::debug!(kind, "not allowed to list; skipped"),
             Err(e) => return Err(e.into()),
