@@ -228,7 +228,15 @@ pub fn parse_yaml(text: &str) -> Result<Value, String> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    serde_saphyr::from_str::<Value>(text).map_err(|e| e.to_string())
+    serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| e.to_string())
+}
+
+/// YAML 1.2 core schema: only `true`/`false` are booleans, so a value such as `y` or `on`
+/// stays a string, as Kubernetes and Helm users expect for annotations and labels.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.strict_booleans = true;
+    o
 }
 
 /// Set to a `charts/` folder to read the bundles from disk instead of the binary (chart
@@ -357,6 +365,12 @@ mod tests {
                 assert!(b.yaml(&format!("profiles/{p}.yaml")).is_some());
             }
         }
+    }
+
+    #[test]
+    fn yaml_booleans_are_only_true_and_false() {
+        let v = parse_yaml("a: y\nb: on\nc: true\n").unwrap();
+        assert_eq!(v, serde_json::json!({"a": "y", "b": "on", "c": true}));
     }
 
     #[test]
