@@ -1,0 +1,132 @@
+//! The `istio-install-operator` command line: output on success, one clear message and exit
+//! code 2 on bad input.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_istio-install-operator"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn render_prints_the_objects_in_apply_order() {
+    let out = run(
+        &["render", "--version", "1.24", "--profile", "ambient"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"CustomResourceDefinition"));
+    assert!(kinds.contains(&"DaemonSet"));
+}
+
+#[test]
+fn render_reads_an_istioinstall_from_stdin_and_takes_sets() {
+    let doc = "apiVersion: istioinstall.io/v1alpha1\nkind: IstioInstall\nmetadata: {name: mesh}\nspec: {version: 1.23.6, profile: minimal}\n";
+    let out = run(
+        &[
+            "render",
+            "-f",
+            "-",
+            "--set",
+            "pilot.env.FOO=bar",
+            "-o",
+            "json",
+        ],
+        Some(doc),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let istiod = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .unwrap();
+    assert_eq!(
+        istiod["metadata"]["labels"]["istioinstall.io/install"],
+        "mesh"
+    );
+    let env = istiod["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "FOO" && e["value"] == "bar")
+    );
+}
+
+#[test]
+fn bad_input_gets_one_message_and_exit_code_2() {
+    for (args, expected) in [
+        (
+            vec!["render", "--version", "1.99"],
+            "spec.version: \"1.99\" is not bundled",
+        ),
+        (
+            vec![
+                "render",
+                "--version",
+                "1.24",
+                "--set",
+                "pilot.replicaCont=2",
+            ],
+            "spec.values.pilot.replicaCont: unknown key",
+        ),
+        (
+            vec!["render", "--version", "1.23", "--profile", "remote"],
+            "spec.profile: \"remote\" is not a profile of Istio 1.23",
+        ),
+        (vec!["render"], "spec.version is required"),
+    ] {
+        let out = run(&args, None);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.starts_with("error: ") && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one message: {err}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn crd_and_version_print() {
+    let out = run(&["crd"], None);
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("name: istioinstalls.istioinstall.io")
+    );
+    let out = run(&["version"], None);
+    assert!(String::from_utf8(out.stdout).unwrap().contains("1.24.6"));
+}
