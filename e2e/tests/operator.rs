@@ -47,6 +47,28 @@ fn operator_binary() -> PathBuf {
     target.join("release/istio-install-operator")
 }
 
+/// One scenario at a time (the lock), an admin client, a running operator, and no IstioInstall
+/// left from before.
+struct Scenario {
+    admin: Client,
+    op: Operator,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Scenario {
+    async fn begin() -> Result<Scenario> {
+        let serial = SERIAL.lock().await;
+        let admin = client().await?;
+        let op = Operator::start(&admin).await?;
+        remove_all_installs(&admin).await?;
+        Ok(Scenario {
+            admin,
+            op,
+            _serial: serial,
+        })
+    }
+}
+
 /// A running operator process; killed on drop.
 struct Operator {
     child: tokio::process::Child,
@@ -220,10 +242,7 @@ async fn rolled_out(c: &Client) -> Result<(Vec<Deployment>, Vec<DaemonSet>)> {
 
 #[tokio::test]
 async fn ambient_install_reaches_ready_and_self_heals() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let admin = client().await?;
-    let op = Operator::start(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
 
     apply_install(
         &admin,
@@ -315,10 +334,7 @@ async fn ambient_install_reaches_ready_and_self_heals() -> Result<()> {
 
 #[tokio::test]
 async fn default_profile_installs_and_uninstall_keeps_user_config() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let admin = client().await?;
-    let op = Operator::start(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
 
     apply_install(
         &admin,
@@ -377,10 +393,7 @@ async fn default_profile_installs_and_uninstall_keeps_user_config() -> Result<()
 
 #[tokio::test]
 async fn invalid_and_conflicting_specs_stall_without_touching_the_running_mesh() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let admin = client().await?;
-    let op = Operator::start(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
 
     apply_install(
         &admin,
@@ -478,10 +491,7 @@ async fn invalid_and_conflicting_specs_stall_without_touching_the_running_mesh()
 
 #[tokio::test]
 async fn restarts_resume_and_an_unchanged_install_gets_no_writes() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let admin = client().await?;
-    let op = Operator::start(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
 
     // Killed mid-install: the next process finishes the same install.
     apply_install(
@@ -525,10 +535,7 @@ async fn restarts_resume_and_an_unchanged_install_gets_no_writes() -> Result<()>
 
 #[tokio::test]
 async fn waypoints_need_the_gateway_api_and_enrol_their_namespace() -> Result<()> {
-    let _serial = SERIAL.lock().await;
-    let admin = client().await?;
-    let op = Operator::start(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
     let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
     if crds
         .get_opt("gateways.gateway.networking.k8s.io")
