@@ -361,6 +361,14 @@ mod tests {
         assert!(!bundles().is_empty());
         for b in bundles() {
             assert!(b.default_values().is_object(), "{}", b.minor);
+            // Every chart profile a bundle accepts has its layer (validate relies on it).
+            for p in &b.manifest.chart_profiles {
+                assert!(
+                    b.layer(&format!("profile-{p}")).is_some(),
+                    "{} profile-{p}",
+                    b.minor
+                );
+            }
             for p in b.profiles() {
                 assert!(b.yaml(&format!("profiles/{p}.yaml")).is_some());
             }

@@ -256,55 +256,36 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
         &mut merged,
         json!({"global": {"hub": bundle.manifest.hub, "tag": release.to_string()}}),
     );
-    let chart_profile = user
-        .pointer("/profile")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !chart_profile.is_empty() {
-        let layer = bundle
-            .layer(&format!("profile-{chart_profile}"))
-            .ok_or_else(|| ValidationError::UnsupportedChoice {
-                key: "profile",
-                found: chart_profile.clone(),
-                minor: minor.clone(),
-                expected: bundle.manifest.chart_profiles.join(", "),
-            })?;
-        values::merge(&mut merged, layer);
-    }
-    let compat = user
-        .pointer("/compatibilityVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !compat.is_empty() {
-        if !bundle.manifest.compatibility_versions.contains(&compat) {
+    // Each choice must be one the bundle lists; its layer (values/<prefix>-<choice>/) applies.
+    let manifest = &bundle.manifest;
+    for (key, pointer, prefix, choices) in [
+        ("profile", "/profile", "profile", &manifest.chart_profiles),
+        (
+            "compatibilityVersion",
+            "/compatibilityVersion",
+            "compatibility",
+            &manifest.compatibility_versions,
+        ),
+        (
+            "global.platform",
+            "/global/platform",
+            "platform",
+            &manifest.platforms,
+        ),
+    ] {
+        let choice = user.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+        if choice.is_empty() {
+            continue;
+        }
+        if !choices.iter().any(|c| c == choice) {
             return Err(ValidationError::UnsupportedChoice {
-                key: "compatibilityVersion",
-                found: compat,
+                key,
+                found: choice.to_string(),
                 minor,
-                expected: bundle.manifest.compatibility_versions.join(", "),
+                expected: choices.join(", "),
             });
         }
-        if let Some(layer) = bundle.layer(&format!("compatibility-{compat}")) {
-            values::merge(&mut merged, layer);
-        }
-    }
-    let platform = user
-        .pointer("/global/platform")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    if !platform.is_empty() {
-        if !bundle.manifest.platforms.contains(&platform) {
-            return Err(ValidationError::UnsupportedChoice {
-                key: "global.platform",
-                found: platform,
-                minor,
-                expected: bundle.manifest.platforms.join(", "),
-            });
-        }
-        if let Some(layer) = bundle.layer(&format!("platform-{platform}")) {
+        if let Some(layer) = bundle.layer(&format!("{prefix}-{choice}")) {
             values::merge(&mut merged, layer);
         }
     }
