@@ -2,7 +2,9 @@
 //! order. Pure. Templates produce text once; everything after (namespaces, labels, Kubernetes
 //! overrides, overlays, ordering) works on structured objects.
 
+mod emit_yaml;
 mod k8s;
+mod template_yaml;
 pub mod waypoints;
 
 use crate::api::MANAGER;
@@ -11,8 +13,8 @@ use crate::validate::{ComponentKind, ValidatedComponent, ValidatedInstall};
 use minijinja::value::Serde;
 use minijinja::{Environment, Error as TemplateError, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 /// Label on every rendered object: the component it belongs to.
 pub const COMPONENT_LABEL: &str = "istioinstall.io/component";
@@ -132,23 +134,56 @@ fn environment() -> &'static Environment<'static> {
         // Jinja's `namespace()` (state that survives a loop) under a name the template context
         // does not shadow: `namespace` is this component's namespace there.
         env.add_function("accumulator", minijinja::functions::namespace);
-        env.add_filter(
-            "toyaml",
-            |v: Serde<Value>| -> Result<String, TemplateError> {
-                serde_saphyr::to_string(&v.0)
-                    .map_err(|e| TemplateError::new(ErrorKind::InvalidOperation, e.to_string()))
-            },
-        );
-        env.add_filter(
-            "merge",
-            |a: Serde<Value>, b: Serde<Value>| -> minijinja::Value {
-                let mut a = a.0;
-                crate::values::merge(&mut a, b.0);
-                minijinja::Value::from(Serde(a))
-            },
-        );
+        env.add_filter("toyaml", |v: minijinja::Value| emit_yaml::to_yaml(&v));
+        env.add_filter("merge", merge_template_values);
+        env.add_function("emit", |object: minijinja::Value| {
+            EMITTED.with_borrow_mut(|emitted| emitted.push(object));
+            // Safe, so that the JSON auto-escaping of `.yaml` templates writes nothing.
+            minijinja::Value::from_safe_string(String::new())
+        });
         env
     })
+}
+
+thread_local! {
+    /// Objects the template being rendered handed over with `emit(...)`, in order.
+    static EMITTED: RefCell<Vec<minijinja::Value>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `a | merge(b)`: the deep merge of [`crate::values::merge`] (maps merge key by key, anything
+/// else replaces, a null removes the key) on template values, without converting them: the
+/// injector merges 60 KB of injection templates this way on every render.
+fn merge_template_values(
+    base: minijinja::Value,
+    overlay: minijinja::Value,
+) -> Result<minijinja::Value, TemplateError> {
+    use minijinja::value::ValueKind::Map;
+    if base.kind() != Map || overlay.kind() != Map {
+        return Ok(overlay);
+    }
+    if overlay.len() == Some(0) {
+        return Ok(base);
+    }
+    let mut entries: Vec<(minijinja::Value, minijinja::Value)> = base
+        .try_iter()?
+        .map(|k| base.get_item(&k).map(|v| (k, v)))
+        .collect::<Result<_, _>>()?;
+    for key in overlay.try_iter()? {
+        let value = overlay.get_item(&key)?;
+        let slot = entries.iter().position(|(k, _)| *k == key);
+        match (slot, value.is_none() || value.is_undefined()) {
+            (Some(i), true) => {
+                entries.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => {
+                let merged = merge_template_values(entries[i].1.clone(), value)?;
+                entries[i].1 = merged;
+            }
+            (None, false) => entries.push((key, value)),
+        }
+    }
+    Ok(minijinja::Value::from_pairs(entries))
 }
 
 /// `file("files/sidecar.yaml")`: a raw file next to the calling template (not rendered).
@@ -190,12 +225,22 @@ pub fn render(
             let tmpl = env
                 .get_template(&name)
                 .map_err(|e| template_error(&name, &e))?;
+            EMITTED.with_borrow_mut(Vec::clear);
             let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
-            for doc in split_documents(&text) {
-                let value = parse_document(doc).map_err(|message| RenderError::Yaml {
+            let documents = split_documents(&text).map(|doc| {
+                parse_document(doc).map_err(|message| RenderError::Yaml {
                     template: name.clone(),
                     message,
-                })?;
+                })
+            });
+            let emitted = EMITTED.take().into_iter().map(|object| {
+                serde_json::to_value(&object).map_err(|e| RenderError::Yaml {
+                    template: name.clone(),
+                    message: format!("emit(...): {e}"),
+                })
+            });
+            for value in documents.chain(emitted) {
+                let value = value?;
                 if value.as_object().is_some_and(|o| o.contains_key("kind")) {
                     objects.push(value);
                 }
@@ -272,28 +317,18 @@ fn template_error(name: &str, e: &TemplateError) -> RenderError {
     }
 }
 
-/// Parses one rendered document. A document that is JSON (a template may emit a structure with
-/// `tojson`) skips the YAML parser, which costs far more per byte. Parsed documents are memoised
-/// by their text: the operator re-renders the same install on every reconcile, and most
-/// templates produce the same text each time.
+/// Parses one rendered document: with the fast reader of our templates' YAML, or with
+/// yaml-rust2 for what that reader leaves to it. A document that is JSON (a template may write a
+/// structure with `tojson`) goes to serde_json.
 fn parse_document(doc: &str) -> Result<Value, String> {
-    const CACHE_LIMIT: usize = 4096;
-    let cache = parsed_documents();
-    if let Some(v) = cache.lock().expect("not poisoned").get(doc) {
-        return Ok(v.clone());
-    }
     let trimmed = doc.trim_start();
-    let value = if trimmed.starts_with('{') {
-        serde_json::from_str(trimmed).map_err(|e| e.to_string())?
-    } else {
-        parse_template_yaml(doc)?
-    };
-    let mut cache = cache.lock().expect("not poisoned");
-    if cache.len() >= CACHE_LIMIT {
-        cache.clear();
+    if trimmed.starts_with('{') {
+        return serde_json::from_str(trimmed).map_err(|e| e.to_string());
     }
-    cache.insert(doc.to_string(), value.clone());
-    Ok(value)
+    match template_yaml::parse(doc) {
+        Ok(value) => Ok(value),
+        Err(template_yaml::Unsupported) => parse_template_yaml(doc),
+    }
 }
 
 /// Parses YAML that our own templates produced. yaml-rust2 (YAML 1.2 core schema) reads it about
@@ -339,16 +374,6 @@ fn parse_template_yaml(doc: &str) -> Result<Value, String> {
         1 => to_json(docs.remove(0)),
         n => Err(format!("{n} documents where one was expected")),
     }
-}
-
-fn parsed_documents() -> &'static Mutex<HashMap<String, Value>> {
-    static PARSED: OnceLock<Mutex<HashMap<String, Value>>> = OnceLock::new();
-    PARSED.get_or_init(Default::default)
-}
-
-/// Empties the parse memo, so the next render parses everything (a cold render).
-pub fn clear_parse_cache() {
-    parsed_documents().lock().expect("not poisoned").clear();
 }
 
 /// Splits multi-document YAML on `---` lines.

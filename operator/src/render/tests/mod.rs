@@ -62,3 +62,104 @@ mod gateway;
 mod injection;
 mod istiod;
 mod ztunnel;
+
+/// Every template's output for `spec`, by template name, before parsing.
+fn template_texts(spec: &str) -> Vec<(String, String)> {
+    let spec: IstioInstallSpec = serde_saphyr::from_str(spec).expect("test spec parses");
+    let install = validate(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let values = minijinja::Value::from(Serde(&install.values));
+    let bundle = install.bundle();
+    let mut out = Vec::new();
+    for component in &install.components {
+        let ctx = context(&install, component, &values);
+        let dir = format!("templates/{}/", component.kind.template_dir());
+        for (path, _) in bundle.files_under(&dir) {
+            if path.contains("/files/") || !path.ends_with(".yaml") {
+                continue;
+            }
+            let name = format!("{}/{path}", bundle.minor);
+            let text = environment()
+                .get_template(&name)
+                .and_then(|t| t.render(&ctx))
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            out.push((name, text));
+        }
+    }
+    out
+}
+
+/// Value sets that reach most branches of the templates.
+const VALUE_SETS: &[&str] = &[
+    "",
+    "revision: canary\nvalues: {revisionTags: [prod, stable]}\n",
+    "values: {global: {platform: openshift, variant: debug, hub: example.com/istio, tag: t1}, \
+     pilot: {env: {A: 'b: c', B: '1'}, autoscaleEnabled: false}}\n\
+     meshConfig: {accessLogFile: /dev/stdout, defaultConfig: {holdApplicationUntilProxyStarts: true}}\n",
+    "components:\n  ingressGateways: [{name: edge, namespace: edge, enabled: true, \
+     k8s: {replicaCount: 3, env: [{name: X, value: 'y'}]}}]\n  \
+     egressGateways: [{name: istio-egressgateway, enabled: true}]\n  \
+     cni: {enabled: true}\n",
+    "values: {global: {istioNamespace: mesh}, cni: {repair: {enabled: false}, ambient: {dnsCapture: true}}, \
+     ztunnel: {resources: {requests: {cpu: 50m}}}, base: {excludedCRDs: [wasmplugins.extensions.istio.io]}}\n",
+];
+
+/// The fast reader of template output must read every document every release renders exactly
+/// as the full YAML parser does, and must not hand the public cases' documents to it.
+#[test]
+fn template_output_reads_the_same_with_the_fast_reader_and_yaml_rust2() {
+    let mut documents = 0;
+    let mut fallbacks = Vec::new();
+    for release in bundle::releases() {
+        let minor = release.minor_string();
+        for profile in &bundle::profiles_by_minor()[&minor] {
+            for (set, extra) in VALUE_SETS.iter().enumerate() {
+                let spec = format!("version: {release}\nprofile: {profile}\n{extra}");
+                let Ok(parsed) = serde_saphyr::from_str::<IstioInstallSpec>(&spec) else {
+                    panic!("value set {set} does not parse");
+                };
+                if validate(&parsed).is_err() {
+                    continue;
+                }
+                for (name, text) in template_texts(&spec) {
+                    for doc in split_documents(&text) {
+                        documents += 1;
+                        let full = parse_template_yaml(doc);
+                        match template_yaml::parse(doc) {
+                            Ok(fast) => assert_eq!(
+                                Ok(&fast),
+                                full.as_ref(),
+                                "{name} ({release} {profile}, value set {set}):\n{doc}"
+                            ),
+                            Err(_) if doc.trim_start().starts_with('{') => {}
+                            Err(_) => {
+                                fallbacks.push(format!("{name} ({release} {profile} set {set})"))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(documents > 5000, "only {documents} documents");
+    assert!(fallbacks.is_empty(), "left to yaml-rust2: {fallbacks:#?}");
+}
+
+#[test]
+fn merge_filter_deep_merges_and_a_null_removes_the_key() {
+    let merged = environment()
+        .render_str(
+            r#"{{ {"a": {"x": 1, "y": 2}, "b": 1, "keep": "k"} | merge({"a": {"y": 3, "z": 4}, "b": none, "c": [1]}) | tojson }}"#,
+            (),
+        )
+        .expect("renders");
+    let merged: Value = serde_json::from_str(&merged).expect("JSON");
+    assert_eq!(
+        merged,
+        json!({"a": {"x": 1, "y": 3, "z": 4}, "keep": "k", "c": [1]})
+    );
+    // Anything but two maps: the overlay replaces.
+    let replaced = environment()
+        .render_str(r#"{{ {"a": 1} | merge([2]) | tojson }}"#, ())
+        .expect("renders");
+    assert_eq!(replaced, "[2]");
+}
