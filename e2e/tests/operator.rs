@@ -710,3 +710,211 @@ async fn health_endpoints_and_leader_election() -> Result<()> {
     assert_eq!(ready, 1, "still exactly one leader");
     Ok(())
 }
+
+/// Every image change of the workloads in istio-system, as (resourceVersion, workload, image).
+/// etcd revisions grow with every write, so sorting by them gives the order the writes happened
+/// in, across the Deployment and DaemonSet watches.
+type Rollouts = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, String)>>>;
+
+fn record_rollouts(c: &Client) -> (Rollouts, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let seen: Rollouts = Default::default();
+    let deployments = watcher(
+        Api::<Deployment>::namespaced(c.clone(), "istio-system"),
+        watcher::Config::default(),
+    )
+    .applied_objects()
+    .map(|d| {
+        d.map(|d| {
+            let image = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref()?.containers.first()?.image.clone());
+            (d.metadata, image)
+        })
+    })
+    .boxed();
+    let daemonsets = watcher(
+        Api::<DaemonSet>::namespaced(c.clone(), "istio-system"),
+        watcher::Config::default(),
+    )
+    .applied_objects()
+    .map(|d| {
+        d.map(|d| {
+            let image = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref()?.containers.first()?.image.clone());
+            (d.metadata, image)
+        })
+    })
+    .boxed();
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut both = futures::stream::select(deployments, daemonsets);
+        let mut last = std::collections::HashMap::new();
+        while let Some(event) = both.next().await {
+            let Ok((meta, Some(image))) = event else {
+                continue;
+            };
+            let name = meta.name.unwrap_or_default();
+            if last.get(&name) != Some(&image) {
+                last.insert(name.clone(), image.clone());
+                let rv = meta
+                    .resource_version
+                    .unwrap_or_default()
+                    .parse()
+                    .unwrap_or(0);
+                record.lock().unwrap().push((rv, name, image));
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// The workloads in the order they started running images tagged `tag`.
+fn rollout_order(rollouts: &Rollouts, tag: &str) -> Vec<String> {
+    let mut changes: Vec<_> = rollouts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, image)| image.contains(&format!(":{tag}")))
+        .cloned()
+        .collect();
+    changes.sort();
+    let mut order: Vec<String> = Vec::new();
+    for (_, name, _) in changes {
+        if !order.contains(&name) {
+            order.push(name);
+        }
+    }
+    order
+}
+
+/// The reasons and notes of the Events about IstioInstall `name` seen since `since`.
+async fn install_events(
+    c: &Client,
+    name: &str,
+    since: k8s_openapi::jiff::Timestamp,
+) -> Result<Vec<(String, String)>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(c.clone());
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            let last = e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0)
+                .or(e.event_time.as_ref().map(|t| t.0));
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("IstioInstall")
+                && last.is_some_and(|t| t >= since)
+        })
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect())
+}
+
+#[tokio::test]
+async fn in_place_upgrade_and_downgrade_follow_istios_order() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    let (rollouts, watch) = record_rollouts(&admin);
+    let name = "upgrade";
+    let start = k8s_openapi::jiff::Timestamp::now();
+
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.23", "profile": "ambient"}),
+    )
+    .await?;
+    wait_install(&admin, name, "Ready at 1.23.6", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+
+    // Up to 1.24.0: istiod first, then istio-cni, then ztunnel, each after the one before is
+    // rolled out; the known hazards of 1.23 → 1.24.0 are announced.
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.24.0", "profile": "ambient"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, name, "Ready at 1.24.0", |ii| {
+        is_ready_at(ii, "1.24.0")
+    })
+    .await?;
+    for c in ii.data["status"]["components"].as_array().unwrap() {
+        assert_eq!(c["version"], "1.24.0", "{c}");
+    }
+    assert_eq!(
+        rollout_order(&rollouts, "1.24.0"),
+        ["istiod", "istio-cni-node", "ztunnel"]
+    );
+    let events = install_events(&admin, name, start).await?;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "Upgrading" && n.contains("from 1.23.6 to 1.24.0")),
+        "{events:#?}"
+    );
+    for hazard in ["istio/istio#54145", "istio/istio#53883"] {
+        assert!(
+            events
+                .iter()
+                .any(|(r, n)| r == "UpgradeNote" && n.contains(hazard)),
+            "{hazard}: {events:#?}"
+        );
+    }
+
+    // Back to 1.23.6: the data plane first and istiod last, so the data plane is never newer
+    // than the control plane.
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.23.6", "profile": "ambient"}),
+    )
+    .await?;
+    wait_install(&admin, name, "Ready at 1.23.6 again", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+    let back: Vec<String> = {
+        // Only the changes after the upgrade: the first 1.23.6 images are the install's.
+        let upgraded_at = rollouts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, image)| image.contains(":1.24.0"))
+            .map(|(rv, _, _)| *rv)
+            .max()
+            .unwrap_or(0);
+        let after: Rollouts = std::sync::Arc::new(std::sync::Mutex::new(
+            rollouts
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(rv, _, _)| *rv > upgraded_at)
+                .cloned()
+                .collect(),
+        ));
+        rollout_order(&after, "1.23.6")
+    };
+    assert_eq!(back, ["ztunnel", "istio-cni-node", "istiod"]);
+    let events = install_events(&admin, name, start).await?;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "Downgrading" && n.contains("from 1.24.0 to 1.23.6")),
+        "{events:#?}"
+    );
+
+    watch.abort();
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}

@@ -12,5 +12,6 @@ pub mod plan;
 pub mod render;
 pub mod status;
 pub mod telemetry;
+pub mod upgrade;
 pub mod validate;
 pub mod values;

@@ -39,6 +39,31 @@ pub struct BundleManifest {
     /// Chart-level profiles (`values.profile`) this minor accepts.
     #[serde(default)]
     pub chart_profiles: Vec<String>,
+    /// The oldest Kubernetes minor this Istio minor installs on (`"1.28"`).
+    #[serde(default)]
+    pub min_kubernetes: Option<String>,
+    /// Known hazards of upgrading to a release of this minor, reported before the upgrade.
+    #[serde(default)]
+    pub upgrade_notes: Vec<UpgradeNote>,
+}
+
+/// A known hazard of one upgrade path (from the release notes and issue trackers).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpgradeNote {
+    /// The minor upgraded from (`"1.23"`).
+    pub from: String,
+    /// The releases of this minor it concerns; empty: all of them.
+    #[serde(default)]
+    pub releases: Vec<String>,
+    /// Only when this component is enabled (`pilot`, `cni`, `ztunnel`, ...).
+    #[serde(default)]
+    pub if_component: Option<String>,
+    /// Only when this dotted values path is true.
+    #[serde(default)]
+    pub if_value: Option<String>,
+    /// What happens and what to do about it.
+    pub message: String,
 }
 
 /// One Istio minor: its manifest and the files of its folder.

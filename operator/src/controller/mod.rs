@@ -6,6 +6,7 @@
 //! as the rollout moves. Every reconcile re-reads the live objects and writes only what differs,
 //! so a restarted operator resumes where the cluster is and sends no writes when nothing changed.
 
+mod events;
 pub mod leader;
 mod uninstall;
 
@@ -17,7 +18,9 @@ use crate::render::waypoints::{self, ENROLLED_BY_LABEL};
 use crate::render::{self, INSTALL_LABEL, RenderedObject};
 use crate::status::{self, ComponentReport, Outcome, State};
 use crate::telemetry::{ComponentLabels, ErrorLabels, Metrics, ReconcileTimer};
+use crate::upgrade::{self, Direction};
 use crate::validate::{self, ComponentKind, ValidatedInstall};
+use events::{EventType, EventWriter};
 use futures::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
@@ -31,7 +34,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -54,7 +56,7 @@ const WHEN_BLOCKED: Duration = Duration::from_secs(60);
 /// Shared state of the reconcilers.
 pub struct Context {
     pub applier: Applier,
-    pub recorder: Recorder,
+    pub events: EventWriter,
     pub metrics: Arc<Metrics>,
     pub installs: Store<IstioInstall>,
     /// Consecutive failures per install, for exponential backoff.
@@ -124,6 +126,21 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(WHEN_BLOCKED));
     }
 
+    let preflight = match preflight(ii, &validated, ctx).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            stall(ii, ctx, refusal.reason, refusal.message, desired_version).await?;
+            return Ok(if refusal.cluster_side {
+                Action::requeue(WHEN_BLOCKED)
+            } else {
+                Action::await_change()
+            });
+        }
+    };
+    if ii.status.as_ref().and_then(|s| s.desired_version.as_ref()) != desired_version.as_ref() {
+        announce(ii, ctx, &preflight, &validated).await;
+    }
+
     let mut rendered = match render::render(&validated, Some(&name)) {
         Ok(r) => r,
         Err(e) => {
@@ -139,7 +156,8 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     if gateway_api {
         rendered.extend(waypoint_objects(&ii.spec.waypoints, &validated, &name));
     }
-    let plan = plan::plan(rendered, &owner_of(ii));
+    let mut plan = plan::plan(rendered, &owner_of(ii));
+    upgrade::order_steps(&mut plan.steps, &preflight.direction);
     ensure_namespaces(&plan, ctx).await?;
 
     let version = validated.release.to_string();
@@ -149,7 +167,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         if let Some((blocker, _)) = &waiting_for {
             components.push(ComponentReport {
                 name: step.component_name.clone(),
-                version: version.clone(),
+                version: None,
                 ready: false,
                 message: Some(format!("waiting for {blocker}")),
             });
@@ -184,7 +202,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         }
         components.push(ComponentReport {
             name: step.component_name.clone(),
-            version: version.clone(),
+            version: Some(version.clone()),
             ready: progress.is_none(),
             message: progress,
         });
@@ -192,7 +210,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     if !gateway_api {
         components.push(ComponentReport {
             name: "waypoints".into(),
-            version: version.clone(),
+            version: None,
             ready: false,
             message: Some(MISSING_GATEWAY_API.into()),
         });
@@ -201,8 +219,18 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     let (state, action) = match (waiting_for, gateway_api) {
         (Some((component, message)), _) => (
             State::Progressing {
-                reason: "RollingOut".into(),
-                message: format!("{component}: {message}"),
+                reason: match &preflight.direction {
+                    Direction::Upgrade { .. } => "Upgrading",
+                    Direction::Downgrade { .. } => "Downgrading",
+                    _ => "RollingOut",
+                }
+                .into(),
+                message: match &preflight.direction {
+                    Direction::Upgrade { from } | Direction::Downgrade { from } => {
+                        format!("{from} to {version}: {component}: {message}")
+                    }
+                    _ => format!("{component}: {message}"),
+                },
             },
             Action::requeue(WHILE_PROGRESSING),
         ),
@@ -231,6 +259,60 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     )
     .await?;
     Ok(action)
+}
+
+/// The upgrade preflight: is moving from what the status says is installed to `validated` a
+/// supported path? Reads the cluster's Kubernetes version only when the release changes.
+async fn preflight(
+    ii: &IstioInstall,
+    validated: &ValidatedInstall,
+    ctx: &Context,
+) -> Result<upgrade::Preflight, upgrade::Refusal> {
+    let installed = upgrade::Installed::from_status(ii.status.as_ref());
+    let first = upgrade::preflight(&installed, validated, None)?;
+    if first.direction == Direction::Steady {
+        return Ok(first);
+    }
+    let kubernetes = match ctx.applier.client().apiserver_version().await {
+        Ok(info) => upgrade::KubernetesVersion::parse(&info.major, &info.minor),
+        Err(e) => {
+            tracing::warn!(install = %ii.name_any(), error = %e, "cannot read the Kubernetes version; the preflight skips that check");
+            None
+        }
+    };
+    upgrade::preflight(&installed, validated, kubernetes)
+}
+
+/// Events when a release change starts: which way it goes, in which order, and the known
+/// hazards of the path.
+async fn announce(
+    ii: &IstioInstall,
+    ctx: &Context,
+    preflight: &upgrade::Preflight,
+    validated: &ValidatedInstall,
+) {
+    let to = &validated.release;
+    let note = match &preflight.direction {
+        Direction::Upgrade { from } => Some((
+            "Upgrading",
+            format!(
+                "upgrading in place from {from} to {to}: istiod first, then istio-cni, ztunnel and the gateways, each once the one before is rolled out"
+            ),
+        )),
+        Direction::Downgrade { from } => Some((
+            "Downgrading",
+            format!(
+                "downgrading in place from {from} to {to}: the gateways, ztunnel and istio-cni first, istiod last, so that the data plane is never newer than the control plane"
+            ),
+        )),
+        _ => None,
+    };
+    if let Some((reason, note)) = note {
+        publish(ctx, ii, EventType::Normal, reason, note).await;
+    }
+    for note in &preflight.notes {
+        publish(ctx, ii, EventType::Warning, "UpgradeNote", note.clone()).await;
+    }
 }
 
 const MISSING_GATEWAY_API: &str = "spec.waypoints needs the Gateway API CRDs (gateways.gateway.networking.k8s.io), which are not installed; install the Gateway API standard channel (v1.2.1 for Istio 1.24, v1.1.0 for 1.23) or remove spec.waypoints";
@@ -596,16 +678,12 @@ async fn write_status(
 }
 
 async fn publish(ctx: &Context, ii: &IstioInstall, type_: EventType, reason: &str, note: String) {
-    let mut note = note;
-    note.truncate(1000);
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &ii.object_ref(&())).await {
+    let regarding = ii.object_ref(&());
+    if let Err(e) = ctx
+        .events
+        .publish(&regarding, type_, reason, "Reconcile", &note)
+        .await
+    {
         tracing::warn!(error = %e, "could not publish an event");
     }
 }
@@ -664,13 +742,7 @@ pub async fn run(
     let store = controller.store();
     let ctx = Arc::new(Context {
         applier: Applier::new(client.clone()),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        events: EventWriter::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
         installs: store.clone(),
         failures: Mutex::new(HashMap::new()),

@@ -5,6 +5,7 @@
 //! deleted (say, held by someone else's finalizer) counts as gone. CRDs are never deleted, so
 //! users' Istio configuration survives an uninstall.
 
+use super::events::EventType;
 use super::{Context, Error, FINALIZER, component_rank, enrol_namespaces, finish, list_owned};
 use crate::api::IstioInstall;
 use crate::plan::ObjectKey;
@@ -13,7 +14,6 @@ use crate::status::{Outcome, State};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use serde_json::json;
 use std::time::Duration;
 

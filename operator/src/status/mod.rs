@@ -30,7 +30,9 @@ pub enum State {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentReport {
     pub name: String,
-    pub version: String,
+    /// The release applied in this reconcile; None when the component was not reached (it
+    /// keeps the version the status had, which the upgrade preflight reads).
+    pub version: Option<String>,
     pub ready: bool,
     pub message: Option<String>,
 }
@@ -125,7 +127,10 @@ pub fn next_status(
                     };
                     ComponentStatus {
                         name: c.name.clone(),
-                        version: Some(c.version.clone()),
+                        version: c
+                            .version
+                            .clone()
+                            .or_else(|| old.and_then(|o| o.version.clone())),
                         ready: c.ready,
                         message: c.message.clone(),
                         last_transition_time,
@@ -162,7 +167,7 @@ mod tests {
     fn report(ready: bool) -> Vec<ComponentReport> {
         vec![ComponentReport {
             name: "pilot".into(),
-            version: "1.24.6".into(),
+            version: Some("1.24.6".into()),
             ready,
             message: None,
         }]
