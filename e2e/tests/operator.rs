@@ -918,3 +918,114 @@ async fn in_place_upgrade_and_downgrade_follow_istios_order() -> Result<()> {
     drop(op);
     Ok(())
 }
+
+/// Runs the operator binary's CLI; returns stdout and stderr, failing on a non-zero exit.
+async fn cli(args: &[&str]) -> Result<(String, String)> {
+    let out = tokio::process::Command::new(operator_binary())
+        .args(args)
+        .output()
+        .await?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    if !out.status.success() {
+        bail!("istio-install-operator {args:?}: {}\n{stderr}", out.status);
+    }
+    Ok((stdout, stderr))
+}
+
+#[tokio::test]
+async fn an_istio_operator_install_is_converted_and_adopted_in_place() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    let dir = std::env::temp_dir().join(istio_install_e2e::unique_name("iop"));
+    std::fs::create_dir_all(&dir)?;
+    let iop_file = dir.join("iop.yaml");
+    std::fs::write(
+        &iop_file,
+        "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n\
+         metadata: {name: installed-state, namespace: istio-system}\n\
+         spec:\n  profile: minimal\n  tag: 1.23.6\n  meshConfig: {accessLogFile: /dev/stdout}\n  \
+         components:\n    pilot: {k8s: {resources: {requests: {cpu: 250m}}, readinessProbe: {periodSeconds: 5}}}\n",
+    )?;
+
+    // The IstioOperator becomes an IstioInstall; what cannot carry over is named.
+    let (converted, notes) = cli(&["convert", "-f", iop_file.to_str().unwrap()]).await?;
+    assert!(
+        notes.contains("spec.components.pilot.k8s.readinessProbe: not carried over"),
+        "{notes}"
+    );
+    let converted_file = dir.join("install.yaml");
+    std::fs::write(&converted_file, &converted)?;
+
+    // What istioctl installed from it: the same objects, under istioctl's field manager and
+    // labels, without the operator's.
+    let (rendered, _) = cli(&[
+        "render",
+        "-f",
+        converted_file.to_str().unwrap(),
+        "-o",
+        "json",
+    ])
+    .await?;
+    let rendered: Value = serde_json::from_str(&rendered)?;
+    admin_namespace(&admin, "istio-system").await?;
+    for item in rendered["items"].as_array().unwrap() {
+        let mut item = item.clone();
+        let labels = item["metadata"]["labels"].as_object_mut().unwrap();
+        for ours in [
+            "app.kubernetes.io/managed-by",
+            "istioinstall.io/component",
+            "istioinstall.io/install",
+        ] {
+            labels.remove(ours);
+        }
+        labels.insert("operator.istio.io/managed".into(), json!("Reconcile"));
+        istio_install_e2e::apply_manifest(&admin, &item, Some("istio-system"), "istio-operator")
+            .await?;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let before = deployments.get("istiod").await?;
+
+    // The operator takes the running install over in place.
+    let install = istio_install_e2e::parse_yaml_documents(&converted)?.remove(0);
+    istio_install_e2e::apply_manifest(&admin, &install, None, "e2e-test").await?;
+    wait_install(&admin, "installed-state", "Ready at 1.23.6", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+    let after = deployments.get("istiod").await?;
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "adopted, not re-created"
+    );
+    assert_eq!(
+        after.metadata.generation, before.metadata.generation,
+        "nothing in the pod template changed, so nothing restarted"
+    );
+    let labels = after.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["istioinstall.io/install"], "installed-state");
+    let owner = &after.metadata.owner_references.clone().unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("IstioInstall", "installed-state")
+    );
+    let container = &after.spec.unwrap().template.spec.unwrap().containers[0];
+    let requests = container.resources.clone().unwrap().requests.unwrap();
+    assert_eq!(
+        requests["cpu"].0, "250m",
+        "the IstioOperator's k8s overrides carried over"
+    );
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Creates a namespace if it is missing.
+async fn admin_namespace(c: &Client, name: &str) -> Result<()> {
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+    istio_install_e2e::apply_manifest(c, &namespace, None, "e2e-test").await?;
+    Ok(())
+}

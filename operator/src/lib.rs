@@ -7,6 +7,7 @@ pub mod api;
 pub mod apply;
 pub mod bundle;
 pub mod controller;
+pub mod migrate;
 pub mod overlay;
 pub mod plan;
 pub mod render;

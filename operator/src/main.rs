@@ -1,8 +1,8 @@
-//! The `istio-install-operator` binary: `render`, `crd` and `version` (and, later, `run`).
+//! The `istio-install-operator` binary: `run`, `render`, `convert`, `crd` and `version`.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use istio_install_operator::api::{IstioInstallSpec, crd_yaml};
-use istio_install_operator::{bundle, controller, render, telemetry, validate, values};
+use istio_install_operator::api::{IstioInstall, IstioInstallSpec, crd_yaml};
+use istio_install_operator::{bundle, controller, migrate, render, telemetry, validate, values};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,6 +25,9 @@ enum Command {
     Run(RunArgs),
     /// Print the Kubernetes objects an IstioInstall installs, in apply order.
     Render(RenderArgs),
+    /// Convert IstioOperator resources (istioctl's, or Istio's removed in-cluster operator's)
+    /// into IstioInstalls; what does not carry over is listed on stderr.
+    Convert(ConvertArgs),
     /// Print the IstioInstall CustomResourceDefinition.
     Crd,
     /// Print the operator version and the bundled Istio releases.
@@ -53,6 +56,17 @@ struct RenderArgs {
     /// Name recorded in the `istioinstall.io/install` label (defaults to the file's metadata.name).
     #[arg(long)]
     name: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// One or more IstioOperator documents as YAML; `-` reads stdin.
+    #[arg(short = 'f', long = "filename")]
+    file: String,
+    /// The Istio release the IstioOperator runs (`istioctl version`); needed unless its
+    /// spec.tag names a bundled release.
+    #[arg(long = "version")]
+    version: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +115,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_operator(args),
         Command::Render(args) => run_render(args),
+        Command::Convert(args) => run_convert(args),
         Command::Crd => {
             print!("{}", crd_yaml());
             Ok(())
@@ -169,11 +184,7 @@ fn read_spec(file: Option<&str>) -> Result<(Value, Option<String>), String> {
     let Some(path) = file else {
         return Ok((Value::Object(Default::default()), None));
     };
-    let text = if path == "-" {
-        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?
-    } else {
-        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
-    };
+    let text = read_text(path)?;
     let doc = bundle::parse_yaml(&text).map_err(|e| format!("{path}: not YAML: {e}"))?;
     if doc.get("kind").is_some() {
         if doc["kind"] != "IstioInstall" {
@@ -186,6 +197,54 @@ fn read_spec(file: Option<&str>) -> Result<(Value, Option<String>), String> {
         return Ok((doc.get("spec").cloned().unwrap_or_default(), name));
     }
     Ok((doc, None))
+}
+
+fn read_text(path: &str) -> Result<String, String> {
+    if path == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
+    }
+}
+
+/// Prints one IstioInstall per IstioOperator, notes on stderr. Every result is validated against
+/// the bundled charts, as the operator would; a failure names the field and exits with 2 (after
+/// printing, so the output can be fixed by hand).
+fn run_convert(args: ConvertArgs) -> Result<(), String> {
+    let text = read_text(&args.file)?;
+    let mut failures = Vec::new();
+    let mut out = String::new();
+    for doc in render::split_documents(&text) {
+        let iop = bundle::parse_yaml(doc).map_err(|e| format!("{}: not YAML: {e}", args.file))?;
+        if iop.is_null() {
+            continue;
+        }
+        let converted = migrate::convert(&iop, args.version.as_deref())?;
+        let name = converted.install["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        for note in &converted.notes {
+            eprintln!("note: IstioOperator {name}: {note}");
+        }
+        let spec: IstioInstallSpec = serde_json::from_value(converted.install["spec"].clone())
+            .map_err(|e| format!("IstioOperator {name}: {e}"))?;
+        if let Err(e) = validate::validate(&spec) {
+            failures.push(format!(
+                "IstioOperator {name}: the IstioInstall does not validate: {e}"
+            ));
+        }
+        // Typed, so the fields come out in the API's order (version first).
+        let install = IstioInstall::new(&name, spec);
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&install).map_err(|e| format!("writing YAML: {e}"))?);
+    }
+    print!("{out}");
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\nerror: "))
+    }
 }
 
 fn run_render(args: RenderArgs) -> Result<(), String> {

@@ -130,3 +130,41 @@ fn crd_and_version_print() {
     let out = run(&["version"], None);
     assert!(String::from_utf8(out.stdout).unwrap().contains("1.24.6"));
 }
+
+#[test]
+fn convert_turns_istio_operators_into_istio_installs() {
+    let iops = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: main}\n\
+                spec: {profile: default, tag: 1.23.6, components: {pilot: {k8s: {readinessProbe: {}}}}}\n\
+                ---\n\
+                apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nmetadata: {name: gateways}\n\
+                spec: {profile: empty, components: {ingressGateways: [{name: edge, enabled: true}]}}\n";
+    let out = run(&["convert", "-f", "-", "--version", "1.23.6"], Some(iops));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.matches("kind: IstioInstall").count(), 2, "{stdout}");
+    assert!(stdout.contains("name: main") && stdout.contains("name: gateways"));
+    assert!(stdout.contains("version: \"1.23.6\""), "{stdout}");
+    assert!(
+        stderr.contains("IstioOperator main: spec.components.pilot.k8s.readinessProbe"),
+        "{stderr}"
+    );
+
+    // Not an IstioOperator, or no way to tell the release: one message, exit code 2.
+    for (input, message) in [
+        (
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "expected an IstioOperator",
+        ),
+        (
+            "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {profile: demo}\n",
+            "pass --version",
+        ),
+    ] {
+        let out = run(&["convert", "-f", "-"], Some(input));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+    }
+}

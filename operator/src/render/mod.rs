@@ -377,7 +377,7 @@ fn parse_template_yaml(doc: &str) -> Result<Value, String> {
 }
 
 /// Splits multi-document YAML on `---` lines.
-fn split_documents(text: &str) -> impl Iterator<Item = &str> {
+pub fn split_documents(text: &str) -> impl Iterator<Item = &str> {
     let mut docs = Vec::new();
     let mut start = 0;
     let mut offset = 0;
