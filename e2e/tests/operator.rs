@@ -1029,3 +1029,141 @@ async fn admin_namespace(c: &Client, name: &str) -> Result<()> {
     istio_install_e2e::apply_manifest(c, &namespace, None, "e2e-test").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_canary_revision_takes_over_a_revision_tag_without_a_gap() -> Result<()> {
+    use futures::StreamExt;
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kube::runtime::watcher;
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+
+    // The running mesh: 1.23, with the revision tag `prod` that namespaces select.
+    apply_install(
+        &admin,
+        "stable",
+        json!({"version": "1.23", "profile": "default", "values": {"revisionTags": ["prod"]}}),
+    )
+    .await?;
+    wait_install(&admin, "stable", "Ready at 1.23.6", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+
+    // The canary: 1.24 as revision 1-24 next to it; the CRDs and the gateway stay with stable.
+    let canary = |tags: Value| {
+        json!({"version": "1.24", "profile": "default", "revision": "1-24",
+               "values": {"revisionTags": tags},
+               "components": {"base": {"enabled": false},
+                              "ingressGateways": [{"name": "istio-ingressgateway", "enabled": false}]}})
+    };
+    apply_install(&admin, "canary", canary(json!([]))).await?;
+    wait_install(&admin, "canary", "Ready at 1.24.6", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
+    let tag = "istio-revision-tag-prod";
+    let before = webhooks.get(tag).await?;
+    // Any deletion of the tag's webhook during the move would leave new pods uninjected.
+    let deletions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = {
+        let deletions = deletions.clone();
+        let stream = watcher(
+            webhooks.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={tag}")),
+        );
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(watcher::Event::Delete(_)) = event {
+                    deletions.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    // The move: the canary asks for the tag (and waits, stalled, naming the holder), then
+    // stable lets go of it; the canary adopts the webhook as it is and points it at istiod-1-24.
+    apply_install(&admin, "canary", canary(json!(["prod"]))).await?;
+    wait_install(&admin, "canary", "stalled on the tag stable holds", |ii| {
+        condition(ii, "Stalled").is_some_and(|c| {
+            c["status"] == "True"
+                && c["reason"] == "ObjectConflict"
+                && c["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("IstioInstall stable")
+        })
+    })
+    .await?;
+    apply_install(
+        &admin,
+        "stable",
+        json!({"version": "1.23", "profile": "default", "values": {"revisionTags": []}}),
+    )
+    .await?;
+    wait_install(&admin, "canary", "Ready with the tag", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    let after = webhooks.get(tag).await?;
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "handed over, not re-created"
+    );
+    let service = after.webhooks.unwrap()[0]
+        .client_config
+        .service
+        .clone()
+        .unwrap()
+        .name;
+    assert_eq!(service, "istiod-1-24");
+    assert_eq!(
+        after.metadata.labels.unwrap()["istioinstall.io/install"],
+        "canary"
+    );
+    wait_install(&admin, "stable", "still Ready without the tag", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+    watch.abort();
+    assert_eq!(
+        deletions.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the tag's webhook was never deleted"
+    );
+
+    // The old revision goes; the canary takes the CRDs and the gateway over.
+    installs(&admin)
+        .delete("stable", &DeleteParams::default())
+        .await?;
+    eventually(INSTALL_TIMEOUT, "stable is uninstalled", || async {
+        Ok(installs(&admin).get_opt("stable").await?.is_none())
+    })
+    .await?;
+    apply_install(
+        &admin,
+        "canary",
+        json!({"version": "1.24", "profile": "default", "revision": "1-24",
+               "values": {"revisionTags": ["prod"]}}),
+    )
+    .await?;
+    wait_install(&admin, "canary", "Ready with base and the gateway", |ii| {
+        is_ready_at(ii, "1.24.6")
+            && ii.data["status"]["components"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "base"))
+    })
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    assert!(
+        deployments.get_opt("istiod").await?.is_none(),
+        "the 1.23 istiod is gone"
+    );
+    assert!(deployments.get_opt("istio-ingressgateway").await?.is_some());
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}

@@ -52,6 +52,9 @@ const ENROLLMENT_MANAGER: &str = "istio-install-operator-enrollment";
 const WHILE_PROGRESSING: Duration = Duration::from_secs(5);
 const WHEN_READY: Duration = Duration::from_secs(300);
 const WHEN_BLOCKED: Duration = Duration::from_secs(60);
+/// Stalled on what another install holds: a change to that install wakes this one at once; this
+/// is the fallback if the wake-up came before the change reached the cache.
+const WHEN_CONTESTED: Duration = Duration::from_secs(10);
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -123,7 +126,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
 
     if let Some(message) = conflict(ii, &validated, ctx) {
         stall(ii, ctx, "Conflict", message, desired_version).await?;
-        return Ok(Action::requeue(WHEN_BLOCKED));
+        return Ok(Action::requeue(WHEN_CONTESTED));
     }
 
     let preflight = match preflight(ii, &validated, ctx).await {
@@ -372,7 +375,7 @@ fn step_failure(e: StepError, component: &str) -> (State, Result<Action, Error>)
                 reason: "ObjectConflict".into(),
                 message,
             },
-            Ok(Action::requeue(WHEN_BLOCKED)),
+            Ok(Action::requeue(WHEN_CONTESTED)),
         ),
         StepError::Api(e) if !e.is_transient() => (
             State::Stalled {
@@ -421,14 +424,16 @@ async fn apply_step(
     let lives = futures::future::try_join_all(keys.iter().map(|k| ctx.applier.get(k))).await?;
     for ((desired, key), live) in step.objects.iter().zip(keys).zip(lives) {
         if let Some(live) = &live {
-            // Another install's object blocks us only while that install exists: what an
-            // uninstalled one left behind on purpose (CRDs) is adopted.
+            // Another install's object blocks us only while that install still renders it:
+            // what an uninstalled one left behind on purpose (CRDs) is adopted, and so is what
+            // another one let go of (a revision tag moved from one install to the other).
             let holder = live["metadata"]["labels"][INSTALL_LABEL].as_str();
-            let holder_exists = |h: &str| ctx.installs.get(&ObjectRef::new(h)).is_some();
-            if holder.is_some_and(|h| h != install && holder_exists(h)) {
+            if let Some(holder) = holder.filter(|h| *h != install)
+                && let Some(other) = ctx.installs.get(&ObjectRef::new(holder))
+                && rendered_keys(&other).contains(&key)
+            {
                 return Err(StepError::Blocked(format!(
-                    "{key} is managed by IstioInstall {}; remove it from one of the two installs",
-                    holder.unwrap_or_default()
+                    "{key} is managed by IstioInstall {holder}; remove it from one of the two installs"
                 )));
             }
         }
@@ -511,8 +516,19 @@ async fn prune(plan: &Plan, ii: &IstioInstall, ctx: &Context) -> Result<(), Erro
                 .unwrap_or_default(),
         ))
     });
+    // What another install renders is handed over, not deleted: it adopts the object as it is,
+    // so a moved revision tag never goes missing in between.
+    let wanted = if doomed.is_empty() {
+        HashMap::new()
+    } else {
+        wanted_by_others(ii, ctx)
+    };
     for o in doomed {
         let key = ObjectKey::of(o);
+        if let Some(other) = wanted.get(&key) {
+            tracing::info!(object = %key, to = %other, "handing over, not pruning");
+            continue;
+        }
         tracing::info!(object = %key, "pruning");
         ctx.metrics.writes.inc();
         ctx.applier.delete(&key).await?;
@@ -526,6 +542,41 @@ async fn prune(plan: &Plan, ii: &IstioInstall, ctx: &Context) -> Result<(), Erro
         .await;
     }
     Ok(())
+}
+
+/// Whether an install is stalled on something another install holds.
+fn stalled_on_another(ii: &IstioInstall) -> bool {
+    ii.status
+        .as_ref()
+        .and_then(|s| status::condition_of(s, status::STALLED))
+        .is_some_and(|c| {
+            c.status == "True" && matches!(c.reason.as_str(), "Conflict" | "ObjectConflict")
+        })
+}
+
+/// The keys of the objects an install renders now (none when its spec does not validate).
+fn rendered_keys(ii: &IstioInstall) -> std::collections::HashSet<ObjectKey> {
+    let Ok(v) = validate::validate(&ii.spec) else {
+        return Default::default();
+    };
+    render::render(&v, ii.metadata.name.as_deref())
+        .map(|objects| objects.iter().map(|o| ObjectKey::of(&o.object)).collect())
+        .unwrap_or_default()
+}
+
+/// Objects other installs (not being deleted) render, by key → install name.
+fn wanted_by_others(ii: &IstioInstall, ctx: &Context) -> HashMap<ObjectKey, String> {
+    let me = ii.name_any();
+    let mut wanted = HashMap::new();
+    for other in ctx.installs.state() {
+        if other.name_any() == me || other.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        for key in rendered_keys(&other) {
+            wanted.insert(key, other.name_any());
+        }
+    }
+    wanted
 }
 
 /// Labels namespaces for ambient mode and waypoint use, and takes the labels off namespaces no
@@ -740,6 +791,23 @@ pub async fn run(
     let controller = Controller::new(installs, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(opts.concurrency));
     let store = controller.store();
+    // A change to one install may free what another is stalled on (a moved revision tag, a
+    // component disabled here and enabled there): those try again at once.
+    let controller = {
+        let store = store.clone();
+        controller.watches(
+            Api::<IstioInstall>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |changed: IstioInstall| {
+                store
+                    .state()
+                    .iter()
+                    .filter(|o| o.name_any() != changed.name_any() && stalled_on_another(o))
+                    .map(|o| ObjectRef::from_obj(o.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+    };
     let ctx = Arc::new(Context {
         applier: Applier::new(client.clone()),
         events: EventWriter::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
