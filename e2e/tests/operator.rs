@@ -1134,19 +1134,23 @@ async fn a_canary_revision_takes_over_a_revision_tag_without_a_gap() -> Result<(
         "the tag's webhook was never deleted"
     );
 
-    // The old revision goes; the canary takes the CRDs and the gateway over.
-    installs(&admin)
-        .delete("stable", &DeleteParams::default())
-        .await?;
-    eventually(INSTALL_TIMEOUT, "stable is uninstalled", || async {
-        Ok(installs(&admin).get_opt("stable").await?.is_none())
+    // The CRDs, the default validator and the gateway move the same way: the canary asks for
+    // them (stalled on stable's claim), stable lets go, the canary adopts them in place.
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let gateway_before = deployments.get("istio-ingressgateway").await?;
+    let full_canary = json!({"version": "1.24", "profile": "default", "revision": "1-24",
+                             "values": {"revisionTags": ["prod"]}});
+    apply_install(&admin, "canary", full_canary).await?;
+    wait_install(&admin, "canary", "stalled on stable's claims", |ii| {
+        condition(ii, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "Conflict")
     })
     .await?;
     apply_install(
         &admin,
-        "canary",
-        json!({"version": "1.24", "profile": "default", "revision": "1-24",
-               "values": {"revisionTags": ["prod"]}}),
+        "stable",
+        json!({"version": "1.23", "profile": "default",
+               "components": {"base": {"enabled": false},
+                              "ingressGateways": [{"name": "istio-ingressgateway", "enabled": false}]}}),
     )
     .await?;
     wait_install(&admin, "canary", "Ready with base and the gateway", |ii| {
@@ -1156,12 +1160,39 @@ async fn a_canary_revision_takes_over_a_revision_tag_without_a_gap() -> Result<(
                 .is_some_and(|c| c.iter().any(|c| c["name"] == "base"))
     })
     .await?;
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+
+    // The old revision goes; what the canary took over stays.
+    installs(&admin)
+        .delete("stable", &DeleteParams::default())
+        .await?;
+    eventually(INSTALL_TIMEOUT, "stable is uninstalled", || async {
+        Ok(installs(&admin).get_opt("stable").await?.is_none())
+    })
+    .await?;
     assert!(
         deployments.get_opt("istiod").await?.is_none(),
         "the 1.23 istiod is gone"
     );
-    assert!(deployments.get_opt("istio-ingressgateway").await?.is_some());
+    // Garbage collection has had its chance to act on anything still owned by stable.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gateway = deployments.get("istio-ingressgateway").await?;
+    assert_eq!(
+        gateway.metadata.uid, gateway_before.metadata.uid,
+        "the gateway was handed over"
+    );
+    let owners: Vec<String> = gateway
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(owners, ["canary"]);
+    assert_eq!(webhooks.get(tag).await?.metadata.uid, before.metadata.uid);
+    wait_install(&admin, "canary", "Ready after stable is gone", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
 
     remove_all_installs(&admin).await?;
     drop(op);
