@@ -716,40 +716,45 @@ async fn health_endpoints_and_leader_election() -> Result<()> {
 /// in, across the Deployment and DaemonSet watches.
 type Rollouts = std::sync::Arc<std::sync::Mutex<Vec<(u64, String, String)>>>;
 
-fn record_rollouts(c: &Client) -> (Rollouts, tokio::task::JoinHandle<()>) {
+/// The (metadata, first container image) of every change to the workloads of kind `K` in
+/// istio-system.
+fn workload_images<K>(
+    c: &Client,
+    template: fn(&K) -> Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> futures::stream::BoxStream<
+    'static,
+    Result<(kube::api::ObjectMeta, Option<String>), kube::runtime::watcher::Error>,
+>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
+    watcher(
+        Api::<K>::namespaced(c.clone(), "istio-system"),
+        watcher::Config::default(),
+    )
+    .applied_objects()
+    .map(move |w| {
+        w.map(|w| {
+            let image =
+                template(&w).and_then(|t| t.spec.as_ref()?.containers.first()?.image.clone());
+            (w.meta().clone(), image)
+        })
+    })
+    .boxed()
+}
+
+fn record_rollouts(c: &Client) -> (Rollouts, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
     let seen: Rollouts = Default::default();
-    let deployments = watcher(
-        Api::<Deployment>::namespaced(c.clone(), "istio-system"),
-        watcher::Config::default(),
-    )
-    .applied_objects()
-    .map(|d| {
-        d.map(|d| {
-            let image = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref()?.containers.first()?.image.clone());
-            (d.metadata, image)
-        })
-    })
-    .boxed();
-    let daemonsets = watcher(
-        Api::<DaemonSet>::namespaced(c.clone(), "istio-system"),
-        watcher::Config::default(),
-    )
-    .applied_objects()
-    .map(|d| {
-        d.map(|d| {
-            let image = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref()?.containers.first()?.image.clone());
-            (d.metadata, image)
-        })
-    })
-    .boxed();
+    let deployments = workload_images::<Deployment>(c, |d| d.spec.as_ref().map(|s| &s.template));
+    let daemonsets = workload_images::<DaemonSet>(c, |d| d.spec.as_ref().map(|s| &s.template));
     let record = seen.clone();
     let task = tokio::spawn(async move {
         let mut both = futures::stream::select(deployments, daemonsets);
