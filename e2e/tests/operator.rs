@@ -1203,3 +1203,102 @@ async fn a_canary_revision_takes_over_a_revision_tag_without_a_gap() -> Result<(
     drop(op);
     Ok(())
 }
+
+#[tokio::test]
+async fn pause_and_ignore_leave_a_hand_made_fix_in_place() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    apply_install(
+        &admin,
+        "mesh",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "mesh", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let image = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .image
+            .clone()
+            .unwrap_or_default()
+    };
+    let hotfix = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "discovery", "image": "example.invalid/pilot:hotfix"}]}}}});
+    let api = installs(&admin);
+    let patch = |body: Value| {
+        let api = api.clone();
+        async move {
+            api.patch("mesh", &PatchParams::default(), &Patch::Merge(&body))
+                .await
+        }
+    };
+
+    // Paused: a hand-made change stays, the status says why, and nothing is written.
+    patch(json!({"metadata": {"annotations": {"istioinstall.io/paused": "true"}}})).await?;
+    wait_install(&admin, "mesh", "Paused", |ii| {
+        condition(ii, "Paused").is_some_and(|c| c["status"] == "True")
+    })
+    .await?;
+    deployments
+        .patch(
+            "istiod",
+            &PatchParams::default(),
+            &Patch::Strategic(&hotfix),
+        )
+        .await?;
+    // A spec change is not applied either (and observedGeneration says so).
+    patch(json!({"spec": {"values": {"pilot": {"env": {"PAUSED_TEST": "1"}}}}})).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        image(&deployments.get("istiod").await?),
+        "example.invalid/pilot:hotfix"
+    );
+    let ii = installs(&admin).get("mesh").await?;
+    assert_ne!(
+        ii.data["status"]["observedGeneration"],
+        json!(ii.metadata.generation)
+    );
+
+    // Resumed: the install is made whole again.
+    patch(json!({"metadata": {"annotations": {"istioinstall.io/paused": null}}})).await?;
+    wait_install(&admin, "mesh", "Ready again", |ii| {
+        is_ready_at(ii, "1.24.6") && condition(ii, "Paused").is_none()
+    })
+    .await?;
+    eventually(Duration::from_secs(30), "the image is restored", || async {
+        Ok(image(&deployments.get("istiod").await?).contains("istio/pilot:1.24.6"))
+    })
+    .await?;
+
+    // One object marked to be left alone: the rest of the install is still reconciled.
+    let ignore = json!({"metadata": {"annotations": {"istioinstall.io/ignore": "true"}}});
+    deployments
+        .patch("istiod", &PatchParams::default(), &Patch::Merge(&ignore))
+        .await?;
+    deployments
+        .patch(
+            "istiod",
+            &PatchParams::default(),
+            &Patch::Strategic(&hotfix),
+        )
+        .await?;
+    patch(json!({"spec": {"values": {"pilot": {"env": {"IGNORED_TEST": "1"}}}}})).await?;
+    wait_install(&admin, "mesh", "Ready with istiod left alone", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    assert_eq!(
+        image(&deployments.get("istiod").await?),
+        "example.invalid/pilot:hotfix"
+    );
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}

@@ -15,6 +15,12 @@ use serde::{Deserialize, Serialize};
 
 /// Field manager and `app.kubernetes.io/managed-by` value of everything this operator writes.
 pub const MANAGER: &str = "istio-install-operator";
+/// Annotation on an IstioInstall: `"true"` stops every write for it (a hand-made fix can stay
+/// while it is investigated); deleting the install still uninstalls it.
+pub const PAUSED_ANNOTATION: &str = "istioinstall.io/paused";
+/// Annotation on an object the operator manages: `"true"` leaves that object as it is in the
+/// cluster (no writes, no prune); its health still gates the install.
+pub const IGNORE_ANNOTATION: &str = "istioinstall.io/ignore";
 pub const GROUP: &str = "istioinstall.io";
 
 /// Installs one Istio control plane (and its data plane components) from the upstream charts of

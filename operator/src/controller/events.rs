@@ -37,7 +37,7 @@ pub struct EventWriter {
     client: Client,
     controller: String,
     instance: String,
-    recent: tokio::sync::Mutex<HashMap<Key, Event>>,
+    recent: std::sync::Mutex<HashMap<Key, Event>>,
 }
 
 impl EventWriter {
@@ -75,11 +75,15 @@ impl EventWriter {
             reason: reason.to_string(),
             note: note.to_string(),
         };
-        let mut recent = self.recent.lock().await;
-        recent.retain(|_, e| last_seen(e).is_some_and(|t| t + REPEAT_WINDOW > now));
+        // The lock is not held across the API call: one slow write must not hold up the others.
+        let earlier = {
+            let mut recent = self.recent.lock().expect("not poisoned");
+            recent.retain(|_, e| last_seen(e).is_some_and(|t| t + REPEAT_WINDOW > now));
+            recent.get(&key).cloned()
+        };
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
-        let event = match recent.get(&key) {
+        let event = match earlier {
             Some(earlier) => {
                 let mut event = earlier.clone();
                 event.series = Some(EventSeries {
@@ -119,7 +123,7 @@ impl EventWriter {
                 api.create(&PostParams::default(), &event).await?
             }
         };
-        recent.insert(key, event);
+        self.recent.lock().expect("not poisoned").insert(key, event);
         Ok(())
     }
 }

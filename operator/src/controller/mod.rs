@@ -10,7 +10,9 @@ mod events;
 pub mod leader;
 mod uninstall;
 
-use crate::api::{IstioInstall, IstioInstallStatus, MANAGER, Waypoint};
+use crate::api::{
+    IGNORE_ANNOTATION, IstioInstall, IstioInstallStatus, MANAGER, PAUSED_ANNOTATION, Waypoint,
+};
 use crate::apply::{Applier, ApplyError};
 use crate::plan::conflict::{Claimant, claims, find_conflict};
 use crate::plan::{self, Health, ObjectKey, Owner, Plan, Step};
@@ -52,9 +54,9 @@ const ENROLLMENT_MANAGER: &str = "istio-install-operator-enrollment";
 const WHILE_PROGRESSING: Duration = Duration::from_secs(5);
 const WHEN_READY: Duration = Duration::from_secs(300);
 const WHEN_BLOCKED: Duration = Duration::from_secs(60);
-/// Stalled on what another install holds: a change to that install wakes this one at once; this
-/// is the fallback if the wake-up came before the change reached the cache.
-const WHEN_CONTESTED: Duration = Duration::from_secs(10);
+/// Stalled on what another install holds: checked again soon, since a change to that install
+/// (a revision tag or component moved to this one) frees it.
+const WHEN_CONTESTED: Duration = Duration::from_secs(5);
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -114,6 +116,13 @@ async fn reconcile(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Action, E
 async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     let name = ii.name_any();
     ensure_finalizer(ii, ctx).await?;
+    if ii
+        .annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v == "true")
+    {
+        return paused(ii, ctx).await;
+    }
 
     let validated = match validate::validate(&ii.spec) {
         Ok(v) => v,
@@ -440,6 +449,10 @@ async fn apply_step(
         let mut desired = desired.clone();
         plan::yield_co_owned(&mut desired, live.as_ref());
         let current = match live {
+            Some(live) if plan::is_ignored(&live) => {
+                tracing::info!(object = %key, "left as it is (annotation {IGNORE_ANNOTATION})");
+                live
+            }
             Some(live) if !plan::needs_write(&desired, Some(&live)) => live,
             _ => {
                 tracing::info!(object = %key, "applying");
@@ -544,14 +557,35 @@ async fn prune(plan: &Plan, ii: &IstioInstall, ctx: &Context) -> Result<(), Erro
     Ok(())
 }
 
-/// Whether an install is stalled on something another install holds.
-fn stalled_on_another(ii: &IstioInstall) -> bool {
-    ii.status
-        .as_ref()
-        .and_then(|s| status::condition_of(s, status::STALLED))
-        .is_some_and(|c| {
-            c.status == "True" && matches!(c.reason.as_str(), "Conflict" | "ObjectConflict")
-        })
+/// A paused install: nothing is written for it. The status keeps what it said (with the
+/// `observedGeneration` it had, so a spec changed meanwhile reads as not yet applied) plus a
+/// `Paused` condition.
+async fn paused(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
+    let mut next = ii.status.clone().unwrap_or_default();
+    let already = status::condition_of(&next, "Paused").is_some_and(|c| c.status == "True");
+    if !already {
+        next.conditions.retain(|c| c.type_ != "Paused");
+        next.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Paused".into(),
+            status: "True".into(),
+            reason: "Paused".into(),
+            message: format!(
+                "reconciliation is paused by the annotation {PAUSED_ANNOTATION}; remove it to resume"
+            ),
+            observed_generation: ii.metadata.generation,
+            last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+        });
+        publish(
+            ctx,
+            ii,
+            EventType::Normal,
+            "Paused",
+            format!("paused by the annotation {PAUSED_ANNOTATION}: no writes until it is removed"),
+        )
+        .await;
+        write_status(ii, ctx, &next).await?;
+    }
+    Ok(Action::await_change())
 }
 
 /// The keys of the objects an install renders now (none when its spec does not validate).
@@ -791,23 +825,6 @@ pub async fn run(
     let controller = Controller::new(installs, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(opts.concurrency));
     let store = controller.store();
-    // A change to one install may free what another is stalled on (a moved revision tag, a
-    // component disabled here and enabled there): those try again at once.
-    let controller = {
-        let store = store.clone();
-        controller.watches(
-            Api::<IstioInstall>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
-            move |changed: IstioInstall| {
-                store
-                    .state()
-                    .iter()
-                    .filter(|o| o.name_any() != changed.name_any() && stalled_on_another(o))
-                    .map(|o| ObjectRef::from_obj(o.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-    };
     let ctx = Arc::new(Context {
         applier: Applier::new(client.clone()),
         events: EventWriter::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),

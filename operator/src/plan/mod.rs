@@ -176,6 +176,11 @@ pub fn yield_co_owned(desired: &mut Value, live: Option<&Value>) {
 
 /// Objects to delete: live objects labelled as ours and owned by this install's UID that the
 /// plan no longer contains. CRDs are never pruned.
+/// Whether a live object carries the annotation that tells the operator to leave it alone.
+pub fn is_ignored(live: &Value) -> bool {
+    live["metadata"]["annotations"][crate::api::IGNORE_ANNOTATION] == "true"
+}
+
 pub fn prune_set<'a>(plan: &Plan, live: &'a [Value], owner_uid: &str) -> Vec<&'a Value> {
     let wanted: std::collections::HashSet<ObjectKey> = plan
         .keys()
@@ -186,6 +191,7 @@ pub fn prune_set<'a>(plan: &Plan, live: &'a [Value], owner_uid: &str) -> Vec<&'a
         .collect();
     live.iter()
         .filter(|o| o["kind"] != "CustomResourceDefinition")
+        .filter(|o| !is_ignored(o))
         .filter(|o| {
             o["metadata"]["ownerReferences"]
                 .as_array()

@@ -83,7 +83,7 @@ fn webhook_fields_taken_over_by_istiod_are_yielded() {
 }
 
 #[test]
-fn prune_keeps_planned_objects_crds_and_foreign_ones() {
+fn prune_keeps_planned_objects_crds_ignored_and_foreign_ones() {
     let p = plan(
         vec![rendered("ServiceAccount", "istiod", ComponentKind::Pilot)],
         &owner(),
@@ -94,6 +94,8 @@ fn prune_keeps_planned_objects_crds_and_foreign_ones() {
         ours("ServiceAccount", "ztunnel"),
         json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "other", "namespace": "istio-system", "ownerReferences": [{"uid": "u2"}]}}),
         json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "x", "ownerReferences": [{"uid": "u1"}]}}),
+        // Ours, no longer planned, but marked to be left alone.
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "kept", "namespace": "istio-system", "ownerReferences": [{"uid": "u1"}], "annotations": {"istioinstall.io/ignore": "true"}}}),
     ];
     let pruned: Vec<_> = prune_set(&p, &live, "u1")
         .into_iter()

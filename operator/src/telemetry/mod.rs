@@ -33,7 +33,15 @@ pub struct Metrics {
     pub duration: Histogram,
     pub component_ready: Family<ComponentLabels, Gauge>,
     pub writes: Counter,
+    /// Start times of the reconciles under way, for `/livez`.
+    in_flight: std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
+    next_reconcile: std::sync::atomic::AtomicU64,
 }
+
+/// A reconcile never waits (it requeues instead) and the API client times out well before
+/// this, so one still running after this long means the controller is stuck: `/livez` fails
+/// and the kubelet restarts the operator, which resumes from the cluster's state.
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -73,11 +81,30 @@ impl Default for Metrics {
             duration,
             component_ready,
             writes,
+            in_flight: Default::default(),
+            next_reconcile: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    /// How long the oldest reconcile under way has been running.
+    pub fn oldest_reconcile(&self) -> Option<std::time::Duration> {
+        let in_flight = self.in_flight.lock().expect("not poisoned");
+        in_flight.values().min().map(Instant::elapsed)
+    }
+
+    /// `/livez`: healthy unless a reconcile has been running for longer than `stuck_after`.
+    pub fn liveness(&self, stuck_after: std::time::Duration) -> Result<(), String> {
+        match self.oldest_reconcile() {
+            Some(age) if age > stuck_after => Err(format!(
+                "a reconcile has been running for {} s; the controller is stuck\n",
+                age.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("text encoding");
@@ -85,24 +112,34 @@ impl Metrics {
     }
 }
 
-/// Observes a reconcile's duration when dropped.
+/// Observes a reconcile's duration when dropped, and keeps it on the in-flight list until then.
 pub struct ReconcileTimer<'a> {
     metrics: &'a Metrics,
     start: Instant,
+    id: u64,
 }
 
 impl<'a> ReconcileTimer<'a> {
     pub fn start(metrics: &'a Metrics) -> Self {
         metrics.reconciles.inc();
-        ReconcileTimer {
-            metrics,
-            start: Instant::now(),
-        }
+        let id = metrics.next_reconcile.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        metrics
+            .in_flight
+            .lock()
+            .expect("not poisoned")
+            .insert(id, start);
+        ReconcileTimer { metrics, start, id }
     }
 }
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
+        self.metrics
+            .in_flight
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.id);
         self.metrics
             .duration
             .observe(self.start.elapsed().as_secs_f64());
@@ -145,7 +182,10 @@ pub async fn serve(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (code, body) = match path {
-                "/livez" => ("200 OK", "ok\n".to_string()),
+                "/livez" => match metrics.liveness(STUCK_AFTER) {
+                    Ok(()) => ("200 OK", "ok\n".to_string()),
+                    Err(why) => ("503 Service Unavailable", why),
+                },
                 "/readyz" if ready.get() => ("200 OK", "ok\n".to_string()),
                 "/readyz" => (
                     "503 Service Unavailable",
@@ -174,5 +214,24 @@ pub fn init_logging(json: bool) {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn liveness_fails_only_while_a_reconcile_outlives_the_limit() {
+        let metrics = Metrics::default();
+        assert!(metrics.liveness(Duration::ZERO).is_ok(), "nothing running");
+        let timer = ReconcileTimer::start(&metrics);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(metrics.liveness(Duration::from_secs(60)).is_ok());
+        let stuck = metrics.liveness(Duration::from_millis(1)).unwrap_err();
+        assert!(stuck.contains("the controller is stuck"), "{stuck}");
+        drop(timer);
+        assert!(metrics.liveness(Duration::ZERO).is_ok(), "finished");
     }
 }
