@@ -141,9 +141,18 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| format!("no Kubernetes client (KUBECONFIG or in-cluster config): {e}"))?;
+        let no_client = |e: &dyn std::fmt::Display| {
+            format!("no Kubernetes client (KUBECONFIG or in-cluster config): {e}")
+        };
+        let config = kube::Config::infer().await.map_err(|e| no_client(&e))?;
+        // Watches stream for as long as they last; every other call gets an answer within
+        // REQUEST_TIMEOUT or fails and is retried, so one request the API server never answers
+        // cannot hold an install (or the leader Lease) up indefinitely.
+        let watch_client = kube::Client::try_from(config.clone()).map_err(|e| no_client(&e))?;
+        let mut request_config = config;
+        request_config.read_timeout = Some(controller::REQUEST_TIMEOUT);
+        request_config.reset_reader_on_write = true;
+        let client = kube::Client::try_from(request_config).map_err(|e| no_client(&e))?;
         let metrics = Arc::new(telemetry::Metrics::default());
         let ready = telemetry::Readiness::default();
         let server = tokio::spawn(telemetry::serve(args.metrics_addr, metrics.clone(), ready.clone()));
@@ -157,7 +166,8 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             e.acquire().await.map_err(|e| e.to_string())?;
         }
         let opts = controller::RunOptions { concurrency: args.concurrency };
-        let run = controller::run(client, metrics, ready, opts);
+        let clients = controller::Clients { watch: watch_client, request: client };
+        let run = controller::run(clients, metrics, ready, opts);
         let result = match &elector {
             Some(e) => tokio::select! {
                 r = run => r,

@@ -802,12 +802,26 @@ pub struct RunOptions {
 }
 
 /// Runs the controller until a shutdown signal. `ready` is set once the watches have synced.
+/// How long a request (anything but a watch) may wait for the API server's answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The operator's API clients: one for watches (no read timeout: they stream), one for every
+/// other request (read timeout [`REQUEST_TIMEOUT`]).
+pub struct Clients {
+    pub watch: Client,
+    pub request: Client,
+}
+
 pub async fn run(
-    client: Client,
+    clients: Clients,
     metrics: Arc<Metrics>,
     ready: crate::telemetry::Readiness,
     opts: RunOptions,
 ) -> anyhow::Result<()> {
+    let Clients {
+        watch: client,
+        request,
+    } = clients;
     let installs: Api<IstioInstall> = Api::all(client.clone());
     if let Err(e) = installs
         .list(&kube::api::ListParams::default().limit(1))
@@ -826,8 +840,8 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(opts.concurrency));
     let store = controller.store();
     let ctx = Arc::new(Context {
-        applier: Applier::new(client.clone()),
-        events: EventWriter::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
+        applier: Applier::new(request.clone()),
+        events: EventWriter::new(request, MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
         installs: store.clone(),
         failures: Mutex::new(HashMap::new()),
