@@ -318,13 +318,9 @@ fn template_error(name: &str, e: &TemplateError) -> RenderError {
 }
 
 /// Parses one rendered document: with the fast reader of our templates' YAML, or with
-/// yaml-rust2 for what that reader leaves to it. A document that is JSON (a template may write a
-/// structure with `tojson`) goes to serde_json.
+/// yaml-rust2 for what that reader leaves to it. (Structures a template builds whole go through
+/// `emit(...)`, not through text.)
 fn parse_document(doc: &str) -> Result<Value, String> {
-    let trimmed = doc.trim_start();
-    if trimmed.starts_with('{') {
-        return serde_json::from_str(trimmed).map_err(|e| e.to_string());
-    }
     match template_yaml::parse(doc) {
         Ok(value) => Ok(value),
         Err(template_yaml::Unsupported) => parse_template_yaml(doc),

@@ -130,7 +130,6 @@ fn template_output_reads_the_same_with_the_fast_reader_and_yaml_rust2() {
                                 full.as_ref(),
                                 "{name} ({release} {profile}, value set {set}):\n{doc}"
                             ),
-                            Err(_) if doc.trim_start().starts_with('{') => {}
                             Err(_) => {
                                 fallbacks.push(format!("{name} ({release} {profile} set {set})"))
                             }
