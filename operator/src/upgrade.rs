@@ -73,6 +73,19 @@ impl Installed {
         }
     }
 
+    /// Where moving to `to` goes from here.
+    pub fn direction_to(&self, to: &Release) -> Direction {
+        match self.baseline() {
+            None => Direction::Install,
+            Some(from) if from == to && self.applied.iter().all(|a| a <= to) => Direction::Steady,
+            Some(from) if from < to => Direction::Upgrade { from: from.clone() },
+            Some(from) => Direction::Downgrade {
+                // A partly applied upgrade rolled back to where it started: from its newest part.
+                from: self.applied.iter().max().unwrap_or(from).max(from).clone(),
+            },
+        }
+    }
+
     /// The release the cluster is on: the last Ready one, else the newest applied one.
     fn baseline(&self) -> Option<&Release> {
         self.ready.as_ref().or_else(|| self.applied.iter().max())
@@ -115,21 +128,7 @@ pub fn preflight(
     kubernetes: Option<KubernetesVersion>,
 ) -> Result<Preflight, Refusal> {
     let to = &desired.release;
-    let direction = match installed.baseline() {
-        None => Direction::Install,
-        Some(from) if from == to && installed.applied.iter().all(|a| a <= to) => Direction::Steady,
-        Some(from) if from < to => Direction::Upgrade { from: from.clone() },
-        Some(from) => Direction::Downgrade {
-            // A partly applied upgrade rolled back to where it started: from its newest part.
-            from: installed
-                .applied
-                .iter()
-                .max()
-                .unwrap_or(from)
-                .max(from)
-                .clone(),
-        },
-    };
+    let direction = installed.direction_to(to);
     if let Direction::Upgrade { from } | Direction::Downgrade { from } = &direction {
         let minors_apart = if from.major == to.major {
             from.minor.abs_diff(to.minor)

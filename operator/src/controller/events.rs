@@ -84,10 +84,9 @@ impl EventWriter {
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         let event = match earlier {
-            Some(earlier) => {
-                let mut event = earlier.clone();
+            Some(mut event) => {
                 event.series = Some(EventSeries {
-                    count: earlier.series.as_ref().map_or(2, |s| s.count + 1),
+                    count: event.series.as_ref().map_or(2, |s| s.count + 1),
                     last_observed_time: MicroTime(now),
                 });
                 let patch = serde_json::json!({"series": event.series});

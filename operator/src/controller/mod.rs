@@ -229,23 +229,26 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     }
 
     let (state, action) = match (waiting_for, gateway_api) {
-        (Some((component, message)), _) => (
-            State::Progressing {
-                reason: match &preflight.direction {
-                    Direction::Upgrade { .. } => "Upgrading",
-                    Direction::Downgrade { .. } => "Downgrading",
-                    _ => "RollingOut",
-                }
-                .into(),
-                message: match &preflight.direction {
-                    Direction::Upgrade { from } | Direction::Downgrade { from } => {
-                        format!("{from} to {version}: {component}: {message}")
-                    }
-                    _ => format!("{component}: {message}"),
+        (Some((component, message)), _) => {
+            let (reason, message) = match &preflight.direction {
+                Direction::Upgrade { from } => (
+                    "Upgrading",
+                    format!("{from} to {version}: {component}: {message}"),
+                ),
+                Direction::Downgrade { from } => (
+                    "Downgrading",
+                    format!("{from} to {version}: {component}: {message}"),
+                ),
+                _ => ("RollingOut", format!("{component}: {message}")),
+            };
+            (
+                State::Progressing {
+                    reason: reason.into(),
+                    message,
                 },
-            },
-            Action::requeue(WHILE_PROGRESSING),
-        ),
+                Action::requeue(WHILE_PROGRESSING),
+            )
+        }
         (None, false) => (
             State::Stalled {
                 reason: "MissingGatewayAPI".into(),
@@ -281,15 +284,15 @@ async fn preflight(
     ctx: &Context,
 ) -> Result<upgrade::Preflight, upgrade::Refusal> {
     let installed = upgrade::Installed::from_status(ii.status.as_ref());
-    let first = upgrade::preflight(&installed, validated, None)?;
-    if first.direction == Direction::Steady {
-        return Ok(first);
-    }
-    let kubernetes = match ctx.applier.client().apiserver_version().await {
-        Ok(info) => upgrade::KubernetesVersion::parse(&info.major, &info.minor),
-        Err(e) => {
-            tracing::warn!(install = %ii.name_any(), error = %e, "cannot read the Kubernetes version; the preflight skips that check");
-            None
+    let kubernetes = if installed.direction_to(&validated.release) == Direction::Steady {
+        None
+    } else {
+        match ctx.applier.client().apiserver_version().await {
+            Ok(info) => upgrade::KubernetesVersion::parse(&info.major, &info.minor),
+            Err(e) => {
+                tracing::warn!(install = %ii.name_any(), error = %e, "cannot read the Kubernetes version; the preflight skips that check");
+                None
+            }
         }
     };
     upgrade::preflight(&installed, validated, kubernetes)
@@ -801,7 +804,6 @@ pub struct RunOptions {
     pub concurrency: u16,
 }
 
-/// Runs the controller until a shutdown signal. `ready` is set once the watches have synced.
 /// How long a request (anything but a watch) may wait for the API server's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -812,6 +814,7 @@ pub struct Clients {
     pub request: Client,
 }
 
+/// Runs the controller until a shutdown signal. `ready` is set once the watches have synced.
 pub async fn run(
     clients: Clients,
     metrics: Arc<Metrics>,
