@@ -30,6 +30,9 @@ enum Command {
     Convert(ConvertArgs),
     /// Print the IstioInstall CustomResourceDefinition.
     Crd,
+    /// Print the operator's least-privilege RBAC (manifests/rbac.yaml), generated from the
+    /// kinds it writes and the roles of the bundled Istio charts.
+    Rbac,
     /// Print the operator version and the bundled Istio releases.
     Version,
 }
@@ -56,6 +59,9 @@ struct RenderArgs {
     /// Name recorded in the `istioinstall.io/install` label (defaults to the file's metadata.name).
     #[arg(long)]
     name: Option<String>,
+    /// Accept the reserved namespaces, as an operator started with the same flag does.
+    #[arg(long, default_value_t = false)]
+    allow_reserved_namespaces: bool,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +95,10 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     log_json: bool,
+    /// Let IstioInstalls put objects in (and enrol) the reserved namespaces: kube-system,
+    /// kube-public, kube-node-lease and the operator's own.
+    #[arg(long, env = "ALLOW_RESERVED_NAMESPACES", default_value_t = false)]
+    allow_reserved_namespaces: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +128,10 @@ fn main() -> ExitCode {
         Command::Convert(args) => run_convert(args),
         Command::Crd => {
             print!("{}", crd_yaml());
+            Ok(())
+        }
+        Command::Rbac => {
+            print!("{}", istio_install_operator::rbac::manifest());
             Ok(())
         }
         Command::Version => {
@@ -165,7 +179,12 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
             e.acquire().await.map_err(|e| e.to_string())?;
         }
-        let opts = controller::RunOptions { concurrency: args.concurrency };
+        let policy = if args.allow_reserved_namespaces {
+            validate::Policy::allow_all()
+        } else {
+            validate::Policy::reserving(&args.lease_namespace)
+        };
+        let opts = controller::RunOptions { concurrency: args.concurrency, policy };
         let clients = controller::Clients { watch: watch_client, request: client };
         let run = controller::run(clients, metrics, ready, opts);
         let result = match &elector {
@@ -284,7 +303,12 @@ fn run_render(args: RenderArgs) -> Result<(), String> {
     }
     let spec: IstioInstallSpec = serde_json::from_value(spec)
         .map_err(|e| format!("the IstioInstall spec does not match the API: {e}"))?;
-    let validated = validate::validate(&spec).map_err(|e| e.to_string())?;
+    let policy = if args.allow_reserved_namespaces {
+        validate::Policy::allow_all()
+    } else {
+        validate::Policy::default()
+    };
+    let validated = validate::validate_with(&spec, &policy).map_err(|e| e.to_string())?;
     let name = args.name.or(file_name);
     let objects = render::render(&validated, name.as_deref()).map_err(|e| e.to_string())?;
     match args.output {

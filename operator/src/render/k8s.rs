@@ -129,10 +129,12 @@ pub(super) fn apply_overrides(
                     o.kind, o.name
                 )
             })?;
-        for p in &o.patches {
-            overlay::apply_patch(target, &p.path, p.value.as_ref())
-                .map_err(|e| format!("overlays[{} {}]: {e}", o.kind, o.name))?;
-        }
+        super::boundary::check_overlay(target, |target| {
+            o.patches
+                .iter()
+                .try_for_each(|p| overlay::apply_patch(target, &p.path, p.value.as_ref()))
+        })
+        .map_err(|e| format!("overlays[{} {}]: {e}", o.kind, o.name))?;
     }
     Ok(())
 }
