@@ -1708,3 +1708,61 @@ async fn the_operator_can_grant_every_bundles_rbac_and_nothing_more() -> Result<
     }
     Ok(())
 }
+
+/// Issue 13 (a): an overlay that puts a value where a map is expected (`metadata`) used to
+/// panic in the planner and take the whole operator down with every install. It is refused
+/// naming the patch; the same process keeps healing another install.
+#[tokio::test]
+async fn a_broken_overlay_stalls_its_install_and_nothing_else() -> Result<()> {
+    let Scenario {
+        admin,
+        mut op,
+        _serial,
+    } = Scenario::begin().await?;
+    let pid = op.child.id();
+    apply_install(
+        &admin,
+        "healthy",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "healthy", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    apply_install(&admin, "broken", json!({"version": "1.24", "profile": "minimal", "revision": "b",
+        "components": {"base": {"enabled": false}, "pilot": {"k8s": {"overlays": [
+            {"kind": "Deployment", "name": "istiod-b", "patches": [{"path": "metadata", "value": "oops"}]}]}}}})).await?;
+    let ii = wait_install(&admin, "broken", "Stalled", |ii| {
+        stalled_message(ii).is_some()
+    })
+    .await?;
+    let message = stalled_message(&ii).unwrap_or_default();
+    assert!(
+        message.contains("overlays[Deployment istiod-b].patches[0] (path \"metadata\")"),
+        "{message}"
+    );
+
+    // The other install still heals.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), "istio-system");
+    let old = configmaps.get("istio").await?.metadata.uid;
+    configmaps.delete("istio", &DeleteParams::default()).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the mesh ConfigMap is restored",
+        || async {
+            Ok(configmaps
+                .get_opt("istio")
+                .await?
+                .is_some_and(|c| c.metadata.uid != old))
+        },
+    )
+    .await?;
+    assert!(
+        op.child.try_wait()?.is_none(),
+        "the operator is still running"
+    );
+    assert_eq!(op.child.id(), pid, "the same process");
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}

@@ -64,9 +64,12 @@ pub fn may_write(
 fn made_by_an_istio_install(live: &Value) -> bool {
     let meta = &live["metadata"];
     let labels = meta["labels"].as_object();
+    // istioctl labels every object with `operator.istio.io/managed`, `operator.istio.io/component`
+    // and `install.operator.istio.io/owning-resource`.
     let istioctl = labels.is_some_and(|l| {
-        l.keys()
-            .any(|k| k.starts_with("install.operator.istio.io/"))
+        l.keys().any(|k| {
+            k.starts_with("install.operator.istio.io/") || k.starts_with("operator.istio.io/")
+        })
     });
     let helm = !meta["annotations"]["meta.helm.sh/release-name"].is_null()
         || meta["labels"]["app.kubernetes.io/managed-by"] == "Helm";
@@ -113,6 +116,8 @@ mod tests {
             json!({}),
         );
         let helm = object(json!({}), json!({"meta.helm.sh/release-name": "istiod"}));
+        let managed = object(json!({"operator.istio.io/managed": "Reconcile"}), json!({}));
+        assert!(may_write(Some(&managed), "mesh", nobody).is_ok());
         assert!(may_write(Some(&istioctl), "mesh", nobody).is_ok());
         assert!(may_write(Some(&helm), "mesh", nobody).is_ok());
     }
