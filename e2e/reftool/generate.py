@@ -1,19 +1,28 @@
 """`make upstream-reference`: renders every case of e2e/reference/cases.yaml with the upstream
 Istio charts at the case's tag, by real Helm, and writes e2e/reference/<case>.json.
 
-How upstream renders an IstioInstall spec is how `istioctl install` (1.24) turns the same
-IstioOperator spec into Helm values (istio/istio operator/pkg/render/manifest.go at 1.24.x:
-MergeInputs, translateIstioOperatorToHelm, applyComponentValuesToHelmValues; component list in
-operator/pkg/component/component.go). Written here from reading that code:
-- the upstream `manifests/profiles/default.yaml` at the tag, the requested profile merged over it
-  (maps merge key by key, lists replace), then the published hub/tag (Istio's release tooling
-  stamps docker.io/istio and the tag into the charts it publishes; istioctl does the same);
-- the user's spec merged over that; spec.hub/tag/revision become values.global.hub/global.tag/
-  revision, spec.meshConfig merges into values.meshConfig; values.pilot.enabled and
-  values.pilot.cni.enabled follow components.pilot/cni; the user's values win at the end;
-- one chart per enabled component, each given all values (ztunnel's flattened: `ztunnel.*` at
-  the top, plus global and the top-level scalars); a gateway gets its name and labels.
-The release name is istioctl's ("istio"); every chart renders in its component's namespace.
+A case is rendered as a Helm install of the components the IstioOperator profile names, which is
+what this operator does (the shape istioctl uses, the objects a Helm user gets). Read from
+istio/istio at 1.24.6: operator/pkg/render/manifest.go (MergeInputs,
+translateIstioOperatorToHelm, applyComponentValuesToHelmValues) and
+operator/pkg/component/component.go. Written here:
+- components: the upstream `manifests/profiles/default.yaml` at the tag with the requested
+  profile merged over it (maps merge key by key, lists replace), then the user's `components`;
+- values: the requested profile's `values` (not default.yaml's: its `defaultRevision: ""` hands
+  the default-revision webhooks to istioctl's own step after the install, WebhooksToDeploy in
+  operator/pkg/install/install.go, where a Helm install keeps them in the base chart), the
+  published hub and tag (Istio's release tooling stamps docker.io/istio and the tag into the
+  charts it publishes), then spec.hub/tag/revision as values.global.hub/global.tag/revision,
+  spec.meshConfig merged into values.meshConfig, and the user's values last;
+- one chart per enabled component, each given all values (ztunnel's flattened as istioctl does:
+  `ztunnel.*` at the top, plus global and the top-level scalars); a gateway gets its name and,
+  when the spec gives one, its labels. Chart.yaml version/appVersion are stamped with the tag, as
+  the release tooling does. Component enablement is not copied into values
+  (istioctl sets values.pilot.cni.enabled from components.cni; Helm users set it themselves, and
+  so do the cases).
+The release name is istioctl's ("istio"); every chart renders in its component's namespace; the
+Kubernetes version Helm is told is istioctl's without a cluster, 1.<MinK8SVersion>.0
+(operator/pkg/helm/helm.go, istioctl/pkg/install/k8sversion/version.go at the tag).
 With --check, writes nothing: renders every case and fails on any byte that differs from the
 committed digest (the drift test), and on a committed digest that no case makes.
 usage: python3 -m reftool.generate --istio-src DIR --helm BIN [--out DIR | --check] [case ...]
@@ -23,6 +32,7 @@ import copy
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,9 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE_DIR = os.path.join(os.path.dirname(HERE), "reference")
 PUBLISHED_HUB = "docker.io/istio"
 RELEASE_NAME = "istio"
-# What Helm is told the cluster is: the Kubernetes version of the local control plane
-# (e2e/versions.env), so that capability checks in the charts do not depend on Helm's build.
-KUBE_VERSION_KEY = "K8S_VERSION"
+MIN_K8S_FILE = "istioctl/pkg/install/k8sversion/version.go"
 
 # (spec key, chart directory under manifests/charts, values root, default on, several, flatten)
 COMPONENTS = [
@@ -84,31 +92,23 @@ def load_yaml(path):
 
 
 def merged_operator(manifests, tag, spec):
-    """The IstioOperator istioctl would build from this spec (as a plain map)."""
+    """{"metadata":..., "spec": {"components", "values"}}: what gets rendered for this spec."""
     profile = spec.get("profile") or "default"
-    iop = load_yaml(os.path.join(manifests, "profiles", "default.yaml"))
-    if profile != "default":
-        iop = merge(iop, load_yaml(os.path.join(manifests, "profiles", f"{profile}.yaml")))
-    iop = merge(iop, {"spec": {"hub": PUBLISHED_HUB, "tag": tag}})
-    user = {k: copy.deepcopy(v) for k, v in spec.items()
-            if k in ("profile", "hub", "tag", "revision", "meshConfig", "values", "components")}
     if "namespace" in spec:
-        raise ValueError("cases set values.global.istioNamespace, not spec.namespace (istioctl reads no spec.namespace)")
-    iop = merge(iop, {"spec": user})
-    s = iop["spec"]
-    vals = s.setdefault("values", {})
+        raise ValueError("cases set no spec.namespace (istioctl reads none; use values.global.istioNamespace)")
+    default = load_yaml(os.path.join(manifests, "profiles", "default.yaml"))
+    chosen = load_yaml(os.path.join(manifests, "profiles", f"{profile}.yaml")) if profile != "default" else {}
+    components = merge(get(default, "spec.components", {}), get(chosen, "spec.components", {}))
+    components = merge(components, spec.get("components") or {})
+    vals = merge(get(chosen, "spec.values", {}), {"global": {"hub": PUBLISHED_HUB, "tag": tag}})
     for src, dst in (("hub", "global.hub"), ("tag", "global.tag"), ("revision", "revision")):
-        if s.get(src) not in (None, ""):
-            set_path(vals, dst, s[src])
-    if isinstance(s.get("meshConfig"), dict):
-        vals["meshConfig"] = merge(vals.get("meshConfig") or {}, s["meshConfig"])
-    set_path(vals, "pilot.enabled", bool(get(s, "components.pilot.enabled", False)))
-    set_path(vals, "pilot.cni.enabled", bool(get(s, "components.cni.enabled", False)))
-    if get(vals, "global.istioNamespace"):
-        iop.setdefault("metadata", {})["namespace"] = get(vals, "global.istioNamespace")
-    if isinstance(spec.get("values"), dict):
-        s["values"] = merge(vals, spec["values"])
-    return iop
+        if spec.get(src) not in (None, ""):
+            set_path(vals, dst, spec[src])
+    if isinstance(spec.get("meshConfig"), dict):
+        vals["meshConfig"] = merge(vals.get("meshConfig") or {}, spec["meshConfig"])
+    vals = merge(vals, spec.get("values") or {})
+    ns = get(vals, "global.istioNamespace") or "istio-system"
+    return {"metadata": {"namespace": ns}, "spec": {"components": components, "values": vals}}
 
 
 def component_specs(iop, name, default_on, several, alt_enabled):
@@ -168,25 +168,44 @@ def helm_template(helm, chart_dir, namespace, values, kube_version, work):
 
 def extract_manifests(istio_src, tag, work):
     """`manifests/` of the tag, from a git directory or a checkout, into work/<tag>."""
-    git_dir = os.path.join(istio_src, ".git") if os.path.exists(os.path.join(istio_src, ".git")) else istio_src
     dst = os.path.join(work, tag)
     if not os.path.isdir(dst):
         os.makedirs(dst)
-        archive = subprocess.run(["git", "--git-dir", git_dir, "archive", tag, "manifests"],
+        archive = subprocess.run(["git", "--git-dir", git_dir(istio_src), "archive", tag, "manifests"],
                                  capture_output=True, check=False)
         if archive.returncode != 0:
             raise RuntimeError(f"ISTIO_SRC={istio_src}: no tag {tag} ({archive.stderr.decode().strip()}); "
                                "fetch a newer github:istio/istio")
         subprocess.run(["tar", "-x", "-C", dst], input=archive.stdout, check=True)
+        stamp_chart_versions(os.path.join(dst, "manifests", "charts"), tag)
     return os.path.join(dst, "manifests")
 
 
-def kube_version():
-    with open(os.path.join(os.path.dirname(HERE), "versions.env")) as f:
-        for line in f:
-            if line.startswith(KUBE_VERSION_KEY + "="):
-                return line.split("=", 1)[1].strip()
-    raise RuntimeError(f"no {KUBE_VERSION_KEY} in e2e/versions.env")
+def stamp_chart_versions(charts, tag):
+    """The release tooling's other substitution: Chart.yaml `version`/`appVersion` (1.0.0 in git)
+    become the release; charts label their objects with them (app.kubernetes.io/version)."""
+    for root, _, files in os.walk(charts):
+        if "Chart.yaml" in files:
+            path = os.path.join(root, "Chart.yaml")
+            with open(path) as f:
+                text = f.read()
+            text = re.sub(r"^(version|appVersion):.*$", lambda m: f"{m.group(1)}: {tag}", text, flags=re.M)
+            with open(path, "w") as f:
+                f.write(text)
+
+
+def git_dir(istio_src):
+    return os.path.join(istio_src, ".git") if os.path.exists(os.path.join(istio_src, ".git")) else istio_src
+
+
+def kube_version(istio_src, tag):
+    """What istioctl tells Helm the cluster runs when it has no cluster: 1.<MinK8SVersion>.0."""
+    res = subprocess.run(["git", "--git-dir", git_dir(istio_src), "show", f"{tag}:{MIN_K8S_FILE}"],
+                         capture_output=True, text=True)
+    m = re.search(r"MinK8SVersion\s*=\s*(\d+)", res.stdout)
+    if res.returncode != 0 or not m:
+        raise RuntimeError(f"no MinK8SVersion in {MIN_K8S_FILE} at {tag} of ISTIO_SRC={istio_src}")
+    return f"1.{m.group(1)}.0"
 
 
 def load_cases():
@@ -199,10 +218,11 @@ def render_case(name, case, istio_src, helm, work):
     tag = str(spec["version"])
     manifests = extract_manifests(istio_src, tag, work)
     charts = plan(manifests, tag, spec)
+    kube = kube_version(istio_src, tag)
     objects = {}
     for c in charts:
         text = helm_template(helm, os.path.join(manifests, "charts", c["chart"]), c["namespace"], c["values"],
-                             kube_version(), work)
+                             kube, work)
         objects = normalise.digest(text, c["namespace"], into=objects)
     return {
         "case": name,
@@ -210,6 +230,7 @@ def render_case(name, case, istio_src, helm, work):
         "tag": tag,
         "profile": spec.get("profile") or "default",
         "spec": spec,
+        "kubeVersion": kube,
         "charts": charts,
         "objects": objects,
     }

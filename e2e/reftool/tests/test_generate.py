@@ -15,8 +15,8 @@ spec:
     ingressGateways: [{name: istio-ingressgateway, enabled: true}]
     egressGateways: [{name: istio-egressgateway, enabled: false}]
   values:
+    defaultRevision: ""
     global: {istioNamespace: istio-system}
-    gateways: {istio-ingressgateway: {}, istio-egressgateway: {}}
 """
 AMBIENT = """
 spec:
@@ -47,8 +47,10 @@ class PlanTest(unittest.TestCase):
         self.assertEqual([c["chart"] for c in charts], ["base", "istio-control/istio-discovery", "gateways/istio-ingress"])
         v = charts[1]["values"]
         self.assertEqual((v["global"]["hub"], v["global"]["tag"]), ("docker.io/istio", "1.24.6"))
-        self.assertEqual(v["pilot"], {"enabled": True, "cni": {"enabled": False}})
+        self.assertNotIn("defaultRevision", v)  # default.yaml's values are istioctl's own plumbing
+        self.assertNotIn("pilot", v)
         self.assertEqual(charts[2]["values"]["gateways"]["istio-ingressgateway"], {"name": "istio-ingressgateway"})
+        self.assertNotIn("gateways", v)
 
     def test_profile_lists_replace_and_ztunnel_is_flattened(self):
         charts = self.plan({"version": "1.24.6", "profile": "ambient", "values": {"ztunnel": {"logLevel": "debug"}}})
@@ -57,7 +59,7 @@ class PlanTest(unittest.TestCase):
         z = charts[3]["values"]
         self.assertEqual((z["logLevel"], z["profile"], z["global"]["tag"]), ("debug", "ambient", "1.24.6"))
         self.assertNotIn("pilot", z)
-        self.assertTrue(charts[1]["values"]["pilot"]["cni"]["enabled"])
+        self.assertNotIn("pilot", charts[1]["values"])  # enablement is not copied into values
 
     def test_gateways_by_name_with_labels_and_user_values_last(self):
         charts = self.plan({"version": "1.24.6", "revision": "canary", "hub": "example.com/istio",
