@@ -11,7 +11,8 @@ Reduced:
 - CustomResourceDefinitions to group, names, scope and per version name/served/storage/
   subresources (the schemas are generated upstream from the API protos; held elsewhere);
 - the sidecar injector ConfigMap: `config` parsed, with only the *names* of its templates (their
-  bodies are this project's own writing, tested by the injection tests), `values` parsed as JSON;
+  bodies are this project's own writing, tested by the injection tests), `values` parsed as JSON
+  with `pilot.cni` reduced to the keys the injection templates read (see _injector_values);
 - the mesh ConfigMap: `mesh` and `meshNetworks` parsed, so YAML formatting does not count.
 """
 import json
@@ -95,6 +96,17 @@ def _parse(text, loader):
         return text  # kept as text: a difference still shows
 
 
+def _injector_values(values):
+    """`pilot.cni` reduced to what the injection templates read (`enabled`, `provider`). Upstream
+    1.24's istiod chart copies its whole top-level `cni` there (templates/istiod-injector-configmap.yaml),
+    so whatever a chart profile or istioctl's all-charts values put under `cni` for the istio-cni
+    chart (`ambient.enabled`, `resources`) shows up too, unread."""
+    cni = values.get("pilot", {}).get("cni") if isinstance(values, dict) and isinstance(values.get("pilot"), dict) else None
+    if isinstance(cni, dict):
+        values = dict(values, pilot=dict(values["pilot"], cni={k: v for k, v in cni.items() if k in ("enabled", "provider")}))
+    return values
+
+
 def _configmap(obj):
     # Fields already parsed (a digest normalised again) stay as they are.
     data = dict(obj.get("data") or {})
@@ -105,6 +117,7 @@ def _configmap(obj):
         data["config"] = cfg
         if isinstance(data["values"], str):
             data["values"] = _parse(data["values"], json.loads)
+        data["values"] = _injector_values(data["values"])
     for k in ("mesh", "meshNetworks"):
         if isinstance(data.get(k), str):
             data[k] = _parse(data[k], yaml.safe_load)
