@@ -12,7 +12,8 @@ Reduced:
   subresources (the schemas are generated upstream from the API protos; held elsewhere);
 - the sidecar injector ConfigMap: `config` parsed, with only the *names* of its templates (their
   bodies are this project's own writing, tested by the injection tests), `values` parsed as JSON
-  with `pilot.cni` reduced to the keys the injection templates read (see _injector_values);
+  with `pilot.cni` reduced to the keys the injection templates read and three keys whose default
+  reads like their absence dropped at that default (see _injector_values);
 - the mesh ConfigMap: `mesh` and `meshNetworks` parsed, so YAML formatting does not count.
 """
 import json
@@ -96,14 +97,33 @@ def _parse(text, loader):
         return text  # kept as text: a difference still shows
 
 
+# In the injector's `values`, keys whose default (false, "") reads like their absence: upstream's
+# istiod chart has no default for them (its injection templates read them absent), this
+# project's carries one (its injection templates read every value through a default it holds).
+ABSENT_WHEN_DEFAULT = {
+    ("global", "proxy", "capNetBindService"): False,
+    ("global", "proxy", "holdApplicationUntilProxyStarts"): False,
+    ("global", "platform"): "",
+}
+
+
 def _injector_values(values):
-    """`pilot.cni` reduced to what the injection templates read (`enabled`, `provider`). Upstream
+    """`pilot.cni` reduced to what the injection templates read (`enabled`, `provider`): upstream
     1.24's istiod chart copies its whole top-level `cni` there (templates/istiod-injector-configmap.yaml),
     so whatever a chart profile or istioctl's all-charts values put under `cni` for the istio-cni
-    chart (`ambient.enabled`, `resources`) shows up too, unread."""
-    cni = values.get("pilot", {}).get("cni") if isinstance(values, dict) and isinstance(values.get("pilot"), dict) else None
+    chart (`ambient.enabled`, `resources`) shows up too, unread. ABSENT_WHEN_DEFAULT dropped at their default."""
+    if not isinstance(values, dict):
+        return values
+    values = json.loads(json.dumps(values))  # a copy to edit
+    cni = (values.get("pilot") or {}).get("cni") if isinstance(values.get("pilot"), dict) else None
     if isinstance(cni, dict):
-        values = dict(values, pilot=dict(values["pilot"], cni={k: v for k, v in cni.items() if k in ("enabled", "provider")}))
+        values["pilot"]["cni"] = {k: v for k, v in cni.items() if k in ("enabled", "provider")}
+    for (*parents, last), default in ABSENT_WHEN_DEFAULT.items():
+        m = values
+        for k in parents:
+            m = m.get(k) if isinstance(m, dict) else None
+        if isinstance(m, dict) and last in m and m[last] == default and type(m[last]) is type(default):
+            del m[last]
     return values
 
 

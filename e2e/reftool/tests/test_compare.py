@@ -42,6 +42,15 @@ class NormaliseTest(unittest.TestCase):
         self.assertEqual(n["data"]["values"], {"global": {"hub": "h"}})
         self.assertEqual(normalise.normalise(n), n)
 
+    def test_injector_values_pilot_cni_and_false_flags(self):
+        values = {"pilot": {"cni": {"enabled": True, "provider": "default", "ambient": {"enabled": True}}},
+                  "global": {"platform": "", "proxy": {"capNetBindService": False, "holdApplicationUntilProxyStarts": True}}}
+        cm = {"kind": "ConfigMap", "metadata": {"name": "istio-sidecar-injector"},
+              "data": {"config": "policy: enabled\n", "values": __import__("json").dumps(values)}}
+        n = normalise.normalise(cm)["data"]["values"]
+        self.assertEqual(n["pilot"]["cni"], {"enabled": True, "provider": "default"})
+        self.assertEqual(n["global"], {"proxy": {"holdApplicationUntilProxyStarts": True}})
+
     def test_keys_and_duplicates(self):
         text = "kind: ClusterRole\nmetadata: {name: a, namespace: x}\n---\nkind: Service\nmetadata: {name: s}\n"
         self.assertEqual(list(normalise.digest(text)), ["ClusterRole//a", "Service/istio-system/s"])
