@@ -4,10 +4,15 @@ SHELL := /bin/bash
 export E2E_ROOT ?= /var/tmp/istio-install-operator-e2e
 # One release-profile build serves the binary, the unit tests and the e2e tests (built once).
 export CARGO_TARGET_DIR ?= /var/tmp/istio-install-operator-cargo-target
-REFERENCE ?= $(CURDIR)/../shared/reference/upstream-digest
+# Optional independent cross-check of e2e/reference (digests made outside this repository);
+# `make parity` prints a SKIPPED line when the folder is not there.
+CROSS_CHECK ?= $(CURDIR)/../shared/reference/upstream-digest
+HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=//p' e2e/versions.env)
+HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
+REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
 OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
 
-.PHONY: all build test unit parity e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools
+.PHONY: all build test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools
 
 all: build
 
@@ -17,14 +22,31 @@ tools: ## installs what the tests need that a fresh machine may lack
 build:
 	cargo build --release --locked -p istio-install-operator
 
-unit:
+unit: tools
 	cargo test --release --locked --workspace --exclude istio-install-e2e
+	python3 e2e/reftool/selftest.py
 
 crds: build
 	$(OPERATOR) crd > crds/istioinstall.io_istioinstalls.yaml
 
+# `render` against every upstream digest in e2e/reference, field by field.
 parity: build tools
-	e2e/parity.sh "$(OPERATOR)" "$(REFERENCE)"
+	$(REFTOOL).parity "$(OPERATOR)" --cross-check "$(CROSS_CHECK)"
+
+helm:
+	e2e/build-binaries.sh helm
+
+# Renders e2e/reference/<case>.json from the upstream charts of an Istio source tree
+# (ISTIO_SRC: a git directory or checkout of istio/istio with the release tags) by real Helm.
+upstream-reference: tools helm
+	@[ -n "$(ISTIO_SRC)" ] || { echo "upstream-reference: set ISTIO_SRC to a clone of github.com/istio/istio with its release tags" >&2; exit 2; }
+	$(REFTOOL).generate --istio-src "$(ISTIO_SRC)" --helm "$(HELM)"
+
+# The committed digests are what upstream renders: regenerated and compared when ISTIO_SRC is set.
+reference-drift: tools
+	@if [ -z "$(ISTIO_SRC)" ]; then \
+	  echo "SKIPPED upstream reference drift: ISTIO_SRC is not set (set it to a clone of github.com/istio/istio with its release tags to re-render e2e/reference and compare)"; \
+	else $(MAKE) --no-print-directory helm && $(REFTOOL).generate --istio-src "$(ISTIO_SRC)" --helm "$(HELM)" --check; fi
 
 e2e-binaries:
 	e2e/build-binaries.sh all
@@ -44,7 +66,7 @@ e2e: build e2e-binaries
 	set -o pipefail; status=0; $(MAKE) --no-print-directory e2e-test || status=$$?; \
 	  [ $$status -eq 0 ] || e2e/cluster.sh logs; e2e/cluster.sh down; exit $$status
 
-test: unit parity e2e
+test: unit parity reference-drift e2e
 
 lint:
 	cargo fmt --all -- --check

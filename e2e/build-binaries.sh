@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from
-# Go modules into $E2E_ROOT/bin/<k8s version>. Idempotent: a binary already reporting the pinned
+# Go modules into $E2E_ROOT/bin/<k8s version>, and (`helm`, not part of `all`) Helm v4 into
+# $E2E_ROOT/bin/helm-<version>/helm for `make upstream-reference`. Idempotent: a binary already reporting the pinned
 # version is not rebuilt. Everything lives outside the repo (never commit binaries).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,9 +18,10 @@ log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 has_version() { # has_version <binary> <expected substring>
   [ -x "$1" ] || return 1
   local out
-  # kubectl has no --version flag; every other binary prints its version with it.
+  # kubectl and helm have no --version flag; every other binary prints its version with it.
   case "$(basename "$1")" in
     kubectl) out=$("$1" version --client 2>/dev/null) ;;
+    helm) out=$("$1" version --short 2>/dev/null) ;;
     *) out=$("$1" --version 2>/dev/null) ;;
   esac || return 1
   grep -q -- "$2" <<<"$out"
@@ -97,11 +99,26 @@ build_kwok() {
   copy_kwok_stages
 }
 
+# Real Helm v4 renders the upstream charts for the reference digests (make upstream-reference).
+# Not part of `all`: the tests read the committed digests and need no Helm.
+build_helm() {
+  local dir=$E2E_ROOT/bin/helm-$HELM_VERSION
+  BIN=$dir
+  if has_version "$dir/helm" "$HELM_VERSION"; then log "helm $HELM_VERSION present"; return; fi
+  log "building helm $HELM_VERSION"
+  mkdir -p "$dir"
+  # Helm's own Makefile stamps the version the same way; without it `helm version` says v4.x.
+  GOBIN="$dir" nice -n 10 go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+}
+
 case "${1:-all}" in
   etcd) build_etcd ;;
   kube) build_kube ;;
   kwok) build_kwok ;;
+  helm) build_helm ;;
   all) build_etcd; build_kwok; build_kube ;;
-  *) echo "usage: $0 [all|etcd|kube|kwok]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|etcd|kube|kwok|helm]" >&2; exit 2 ;;
 esac
 log "done: $BIN"
