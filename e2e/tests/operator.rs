@@ -138,8 +138,11 @@ impl Operator {
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
         let code = out
@@ -691,23 +694,34 @@ async fn health_endpoints_and_leader_election() -> Result<()> {
     );
     drop(op);
 
-    // Two replicas with leader election: exactly one becomes ready (the other waits for the Lease).
+    // Two replicas with leader election: exactly one leads; both are ready (a standby replica
+    // is healthy, and readiness must not wait for leadership or a rolling update deadlocks).
     let a = Operator::spawn(&admin, true).await?;
     let b = Operator::spawn(&admin, true).await?;
-    eventually(Duration::from_secs(60), "one replica leads", || async {
-        let ready = [a.get("/readyz").await, b.get("/readyz").await]
-            .into_iter()
-            .filter(|r| r.as_ref().is_ok_and(|(code, _)| *code == 200))
-            .count();
-        Ok(ready == 1)
-    })
+    let leaders = || async {
+        let mut n = 0.0;
+        for op in [&a, &b] {
+            n += op
+                .metric("istio_install_operator_leader")
+                .await
+                .unwrap_or(0.0);
+        }
+        n
+    };
+    eventually(
+        Duration::from_secs(60),
+        "one replica leads, both are ready",
+        || async {
+            let ready = [a.get("/readyz").await, b.get("/readyz").await]
+                .into_iter()
+                .filter(|r| r.as_ref().is_ok_and(|(code, _)| *code == 200))
+                .count();
+            Ok(ready == 2 && leaders().await == 1.0)
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ready = [a.get("/readyz").await?, b.get("/readyz").await?]
-        .into_iter()
-        .filter(|(c, _)| *c == 200)
-        .count();
-    assert_eq!(ready, 1, "still exactly one leader");
+    assert_eq!(leaders().await, 1.0, "still exactly one leader");
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod apply;
 pub mod bundle;
+pub mod client;
 pub mod controller;
 pub mod kinds;
 pub mod migrate;

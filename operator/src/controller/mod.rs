@@ -20,7 +20,7 @@ use crate::plan::{self, Health, ObjectKey, Owner, Plan, Step};
 use crate::render::waypoints::{self, ENROLLED_BY_LABEL};
 use crate::render::{self, INSTALL_LABEL};
 use crate::status::{self, ComponentReport, Outcome, State};
-use crate::telemetry::{ComponentLabels, ErrorLabels, Metrics, ReconcileTimer};
+use crate::telemetry::{ApiHealth, ComponentLabels, ErrorLabels, Fault, Metrics, ReconcileTimer};
 use crate::upgrade::{self, Direction};
 use crate::validate::{self, ComponentKind, ValidatedInstall};
 use events::{EventType, EventWriter};
@@ -59,6 +59,8 @@ pub struct Context {
     pub policy: validate::Policy,
     /// Consecutive failures per install, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// How the API server has been answering this controller's requests.
+    api_health: ApiHealth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,8 +129,35 @@ async fn reconcile_one(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Actio
             .lock()
             .expect("not poisoned")
             .remove(&ii.name_any());
+    } else if let Some(fault) = ctx.api_health.lasting_fault(API_FAULT_SHOWN_AFTER) {
+        api_fault(&ii, &ctx, fault).await;
     }
     result
+}
+
+/// Requests that keep failing (429, 5xx, no answer) for this long are said in the status.
+const API_FAULT_SHOWN_AFTER: Duration = Duration::from_secs(15);
+
+/// Says in `Reconciling` why the install waits when the API server keeps failing our requests
+/// (the logs alone would leave `kubectl get ii` silent). Best effort: the status write may
+/// fail for the same reason.
+async fn api_fault(ii: &IstioInstall, ctx: &Context, fault: Fault) {
+    let reason = if fault.throttled() {
+        "APIThrottled"
+    } else {
+        "APIUnavailable"
+    };
+    let outcome = Outcome {
+        state: State::Progressing {
+            reason: reason.into(),
+            message: format!("{fault}; retrying with backoff"),
+        },
+        desired_version: ii.status.as_ref().and_then(|s| s.desired_version.clone()),
+        components: vec![],
+    };
+    if let Err(e) = finish(ii, ctx, outcome).await {
+        tracing::debug!(install = %ii.name_any(), error = %e, "could not report the API fault in the status");
+    }
 }
 
 async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
@@ -856,11 +885,13 @@ pub struct RunOptions {
 /// How long a request (anything but a watch) may wait for the API server's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The operator's API clients: one for watches (no read timeout: they stream), one for every
-/// other request (read timeout [`REQUEST_TIMEOUT`]).
+/// The operator's API clients (`crate::client`): one for watches (no read timeout: they stream),
+/// one for every other request (read timeout [`REQUEST_TIMEOUT`], writes fenced by leader
+/// election), and the record of how the API server answers the latter.
 pub struct Clients {
     pub watch: Client,
     pub request: Client,
+    pub request_health: ApiHealth,
 }
 
 /// Runs the controller until a shutdown signal. `ready` is set once the watches have synced.
@@ -873,6 +904,7 @@ pub async fn run(
     let Clients {
         watch: client,
         request,
+        request_health,
     } = clients;
     let installs: Api<IstioInstall> = Api::all(client.clone());
     if let Err(e) = installs
@@ -898,6 +930,7 @@ pub async fn run(
         installs: store.clone(),
         policy: opts.policy,
         failures: Mutex::new(HashMap::new()),
+        api_health: request_health,
     });
     // One metadata watch per kind of the table that the API server serves (an optional kind
     // whose CRD is missing is skipped; the periodic recheck covers what it would have woken).
