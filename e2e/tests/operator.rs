@@ -1780,3 +1780,61 @@ async fn a_broken_overlay_stalls_its_install_and_nothing_else() -> Result<()> {
     drop(op);
     Ok(())
 }
+
+/// Issue 13 (c): an istiod that cannot roll out (no node matches its nodeSelector, with a short
+/// progress deadline) stalls the install naming pilot and the rollout's own message; the
+/// components after it are not touched; fixing the spec recovers.
+#[tokio::test]
+async fn a_rollout_past_its_deadline_stalls_and_later_components_wait() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    let base = json!({"version": "1.24", "profile": "ambient",
+        "components": {"pilot": {"k8s": {"overlays": [{"kind": "Deployment", "name": "istiod",
+            "patches": [{"path": "spec.progressDeadlineSeconds", "value": 10}]}]}}}});
+    apply_install(&admin, "mesh", base.clone()).await?;
+    wait_install(&admin, "mesh", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    let daemonsets: Api<DaemonSet> = Api::namespaced(admin.clone(), "istio-system");
+    let ztunnel_generation = daemonsets.get("ztunnel").await?.metadata.generation;
+
+    // istiod can no longer be scheduled, and ztunnel is changed in the same edit.
+    let mut broken = base.clone();
+    broken["components"]["pilot"]["k8s"]["nodeSelector"] = json!({"e2e.example/none": "nowhere"});
+    broken["components"]["ztunnel"] = json!({"k8s": {"env": [{"name": "E2E_MARK", "value": "1"}]}});
+    apply_install(&admin, "mesh", broken).await?;
+    let ii = wait_install(&admin, "mesh", "Stalled on istiod's rollout", |ii| {
+        stalled_message(ii)
+            .is_some_and(|m| m.contains("RolloutFailed") || m.contains("cannot roll out"))
+    })
+    .await?;
+    let message = stalled_message(&ii).unwrap_or_default();
+    assert!(
+        message.contains("component pilot") && message.contains("timed out progressing"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&ii, "Stalled").unwrap()["reason"],
+        "RolloutFailed",
+        "{message}"
+    );
+    assert_eq!(
+        daemonsets.get("ztunnel").await?.metadata.generation,
+        ztunnel_generation,
+        "ztunnel is not touched while istiod cannot roll out"
+    );
+
+    // Fixed: istiod rolls out, then ztunnel gets its change.
+    let mut fixed = base.clone();
+    fixed["components"]["ztunnel"] = json!({"k8s": {"env": [{"name": "E2E_MARK", "value": "1"}]}});
+    apply_install(&admin, "mesh", fixed).await?;
+    wait_install(&admin, "mesh", "Ready again", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+    assert_ne!(
+        daemonsets.get("ztunnel").await?.metadata.generation,
+        ztunnel_generation
+    );
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}

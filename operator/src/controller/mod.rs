@@ -515,13 +515,19 @@ async fn apply_step(
         ownership::may_write(live.as_ref(), install, other)
             .map_err(|why| StepError::Blocked(format!("{key} {why}")))?;
         let mut desired = desired.clone();
+        let intent = plan::stamp_intent(&mut desired);
         plan::yield_co_owned(&mut desired, live.as_ref());
         let current = match live {
             Some(live) if plan::is_ignored(&live) => {
                 tracing::info!(object = %key, "left as it is (annotation {IGNORE_ANNOTATION})");
                 live
             }
-            Some(live) if !plan::needs_write(&desired, Some(&live)) => live,
+            Some(live)
+                if !plan::intent_changed(&live, &intent)
+                    && !plan::needs_write(&desired, Some(&live)) =>
+            {
+                live
+            }
             _ => {
                 tracing::info!(object = %key, "applying");
                 ctx.metrics.writes.inc();

@@ -7,6 +7,45 @@
 
 use serde_json::Value;
 
+/// Annotation with a digest of what the operator last applied to an object. The subset test
+/// alone cannot see a field the spec *stopped* setting (a nodeSelector removed to recover a
+/// rollout); a changed digest can, and server-side apply then removes the field we own.
+pub const INTENT_ANNOTATION: &str = "istioinstall.io/applied-digest";
+
+/// Stamps the digest of `desired` (without the annotation itself) into it; returns the digest.
+pub fn stamp_intent(desired: &mut Value) -> String {
+    if let Some(a) = desired
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        a.remove(INTENT_ANNOTATION);
+    }
+    let digest = format!("{:016x}", fnv1a(desired.to_string().as_bytes()));
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(INTENT_ANNOTATION.into(), Value::String(digest.clone()));
+        }
+    }
+    digest
+}
+
+/// Whether the live object was last applied from a different intent (or never by us).
+pub fn intent_changed(live: &Value, digest: &str) -> bool {
+    live["metadata"]["annotations"][INTENT_ANNOTATION].as_str() != Some(digest)
+}
+
+/// FNV-1a, 64 bits: a digest that stays the same across Rust releases and operator restarts
+/// (std's hasher does not promise that), for change detection only, not for security; a few
+/// lines, so no crate for it.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// True when `live` is missing or differs from `desired` in any field `desired` sets.
 pub fn needs_write(desired: &Value, live: Option<&Value>) -> bool {
     match live {

@@ -151,3 +151,23 @@ fn a_rollout_past_its_deadline_has_failed_with_its_own_message() {
     d["metadata"]["generation"] = json!(4);
     assert!(matches!(health(&d), Health::Progressing(_)));
 }
+
+#[test]
+fn a_field_the_spec_stopped_setting_changes_the_intent() {
+    let with = json!({"kind": "Deployment", "metadata": {"name": "istiod"},
+        "spec": {"template": {"spec": {"nodeSelector": {"a": "b"}}}}});
+    let mut applied = with.clone();
+    let digest = stamp_intent(&mut applied);
+    // The live object as the server keeps it: what we applied, and more.
+    let mut live = applied.clone();
+    live["status"] = json!({"replicas": 1});
+    assert!(!intent_changed(&live, &digest));
+    let mut without = json!({"kind": "Deployment", "metadata": {"name": "istiod"},
+        "spec": {"template": {"spec": {}}}});
+    let new_digest = stamp_intent(&mut without);
+    // The subset test alone sees nothing to do; the digest does.
+    assert!(!needs_write(&without, Some(&live)) || intent_changed(&live, &new_digest));
+    assert!(intent_changed(&live, &new_digest));
+    // Stamping is stable.
+    assert_eq!(stamp_intent(&mut with.clone()), digest);
+}
