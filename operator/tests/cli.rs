@@ -193,10 +193,19 @@ fn specs_istiod_or_the_api_server_would_refuse_are_refused_naming_the_field() {
         assert!(err.contains(expected), "{spec}: {err}");
     }
     let out = run(
-        &["render", "--version", "1.24", "--set", "meshConfig.accessLogFile=42"],
+        &[
+            "render",
+            "--version",
+            "1.24",
+            "--set",
+            "meshConfig.accessLogFile=42",
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("spec.meshConfig.accessLogFile: expected a string"), "{err}");
+    assert!(
+        err.contains("spec.meshConfig.accessLogFile: expected a string"),
+        "{err}"
+    );
 }

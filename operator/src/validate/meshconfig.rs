@@ -50,7 +50,10 @@ pub fn schema(bundle: &Bundle) -> &'static MeshSchema {
             .iter()
             .map(|b| {
                 let v = b.yaml("meshconfig.yaml").unwrap_or_else(|| {
-                    panic!("charts/{}/meshconfig.yaml is missing (e2e/meshconfig-schema.py)", b.minor)
+                    panic!(
+                        "charts/{}/meshconfig.yaml is missing (e2e/meshconfig-schema.py)",
+                        b.minor
+                    )
                 });
                 let s: MeshSchema = serde_json::from_value(v)
                     .unwrap_or_else(|e| panic!("charts/{}/meshconfig.yaml: {e}", b.minor));
@@ -178,11 +181,7 @@ impl MeshSchema {
                     return match v {
                         Value::String(s) if values.iter().any(|x| x == s) => Ok(()),
                         Value::Number(n) if n.is_i64() => Ok(()),
-                        _ => Err(wrong(
-                            path,
-                            &format!("one of {}", values.join(", ")),
-                            v,
-                        )),
+                        _ => Err(wrong(path, &format!("one of {}", values.join(", ")), v)),
                     };
                 }
                 return self.message(ty, v, path);

@@ -680,7 +680,9 @@ mod tests {
             ),
             "{e}"
         );
-        let e = err("version: '1.24'\nvalues: {global: {proxy: {resources: {limits: {memory: 1GB}}}}}\n");
+        let e = err(
+            "version: '1.24'\nvalues: {global: {proxy: {resources: {limits: {memory: 1GB}}}}}\n",
+        );
         assert!(
             e.starts_with("spec.values.global.proxy.resources.limits.memory: \"1GB\" is not"),
             "{e}"

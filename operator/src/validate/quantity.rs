@@ -24,7 +24,21 @@ pub fn parse(s: &str) -> Result<(), String> {
     }
     let suffix_ok = matches!(
         suffix,
-        "" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+        "" | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+            | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
     ) || suffix
         .strip_prefix(['e', 'E'])
         .map(|e| e.strip_prefix(['+', '-']).unwrap_or(e))
@@ -87,11 +101,24 @@ mod tests {
     #[test]
     fn the_api_servers_quantities() {
         for ok in [
-            "1", "100m", "0.5", ".5", "5.", "2Gi", "1e3", "1E-2", "+1", "128974848", "129M", "1Ki",
+            "1",
+            "100m",
+            "0.5",
+            ".5",
+            "5.",
+            "2Gi",
+            "1e3",
+            "1E-2",
+            "+1",
+            "128974848",
+            "129M",
+            "1Ki",
         ] {
             assert!(parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["lots", "", "1.2.3", "1 Gi", "1gi", "1KiB", "e3", "1e", "--1", "Gi", "."] {
+        for bad in [
+            "lots", "", "1.2.3", "1 Gi", "1gi", "1KiB", "e3", "1e", "--1", "Gi", ".",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }
@@ -100,7 +127,11 @@ mod tests {
     fn resources_name_the_entry() {
         let e = check_resources(&json!({"requests": {"cpu": "lots"}})).unwrap_err();
         assert_eq!(e.0, "requests.cpu");
-        assert!(e.1.starts_with("\"lots\" is not a Kubernetes quantity"), "{}", e.1);
+        assert!(
+            e.1.starts_with("\"lots\" is not a Kubernetes quantity"),
+            "{}",
+            e.1
+        );
         assert!(check_resources(&json!({"limits": {"memory": "-1Gi"}})).is_err());
         assert!(check_resources(&json!({"requests": {"cpu": 1, "memory": "2Gi"}})).is_ok());
     }
