@@ -800,6 +800,13 @@ fn check_istiod_log(istiod: &Istiod) -> Result<()> {
         // GatewayClasses an earlier istiod created outlive it (as across a restart); the new
         // one may try to create them before its cache has them, then retries and finds them.
         .filter(|l| !(l.contains("controller=gateway class") && l.contains("already exists")))
+        // An optimistic-concurrency conflict on a waypoint Deployment while it is being
+        // created (seen once, on 1.24.6), retried by istiod; a real fight would show in
+        // no_fights, which counts the writes after convergence.
+        .filter(|l| {
+            !(l.contains("controller=gateway deployment")
+                && l.contains("the object has been modified"))
+        })
         .collect();
     ensure!(
         errors.is_empty(),
