@@ -15,6 +15,7 @@
 //!   Service's `clusterIP(s)`;
 //! - env values holding JSON (`PROXY_CONFIG`, `ISTIO_META_POD_PORTS`) are compared parsed: our
 //!   templates lay out the whitespace differently, istio-agent parses them.
+//!
 //! Injected Pods are compared as the API server would store them (a dry-run create of each), so
 //! a volume source upstream leaves to the API server's defaulting (`emptyDir:` empty, defaulted
 //! to `{}`) compares equal to ours writing `{}`.
