@@ -12,7 +12,7 @@ HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
 REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
 OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
 
-.PHONY: all build test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools
+.PHONY: all build test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
 
 all: build
 
@@ -50,6 +50,11 @@ reference-drift: tools
 
 e2e-binaries:
 	e2e/build-binaries.sh all
+
+# pilot-discovery of each bundled minor's newest patch, from upstream source trees (git
+# repositories) in ISTIO_SRC, ISTIO_API_SRC and ISTIO_CLIENT_GO_SRC; see e2e/README.md.
+istiod:
+	e2e/build-istiod.sh
 
 e2e-up: e2e-binaries
 	e2e/cluster.sh up

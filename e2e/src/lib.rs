@@ -13,6 +13,8 @@
 //! Every client built here refuses a kubeconfig whose server is not a loopback address, so a
 //! stray `KUBECONFIG` can never point the tests at a real cluster.
 
+pub mod istiod;
+
 use std::collections::hash_map::RandomState;
 use std::fmt::Debug;
 use std::future::Future;

@@ -66,3 +66,48 @@ async fn istioinstall_crd_is_established_and_validates_the_version() -> Result<(
     .await?;
     Ok(())
 }
+
+/// Issue #11: specs istiod or the API server would refuse later are refused at admission where
+/// the schema can tell (a mesh field of the wrong JSON type, a resource that is no quantity).
+#[tokio::test]
+async fn mesh_config_types_and_quantities_are_checked_at_admission() -> Result<()> {
+    let client = client().await?;
+    apply_crd_file(&client, &repo_path(CRD_FILE)).await?;
+    let gvk = GroupVersionKind::gvk("istioinstall.io", "v1alpha1", "IstioInstall");
+    let (resource, _) = discovery::pinned_kind(&client, &gvk).await?;
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    for (spec, field) in [
+        (
+            json!({"version": "1.24", "meshConfig": {"accessLogFile": 42}}),
+            "spec.meshConfig.accessLogFile",
+        ),
+        (
+            json!({"version": "1.24", "components": {"pilot": {"k8s": {"resources": {"requests": {"cpu": "lots"}}}}}}),
+            "spec.components.pilot.k8s.resources.requests.cpu",
+        ),
+    ] {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "istioinstall.io/v1alpha1", "kind": "IstioInstall",
+            "metadata": {"name": unique_name("e2e-invalid")}, "spec": spec,
+        }))?;
+        let status = expect_api_error(api.create(&dry_run, &obj).await, 422)?;
+        assert!(
+            status.message.contains(field),
+            "{field}: {}",
+            status.message
+        );
+    }
+    let ok: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "istioinstall.io/v1alpha1", "kind": "IstioInstall",
+        "metadata": {"name": unique_name("e2e-valid")},
+        "spec": {"version": "1.24", "meshConfig": {"accessLogFile": "/dev/stdout", "proxyListenPort": "15001",
+            "defaultConfig": {"holdApplicationUntilProxyStarts": true}},
+            "components": {"pilot": {"k8s": {"resources": {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"cpu": "500m"}}}}}},
+    }))?;
+    api.create(&dry_run, &ok).await?;
+    Ok(())
+}

@@ -168,3 +168,44 @@ fn convert_turns_istio_operators_into_istio_installs() {
         assert!(stderr.contains(message), "{stderr}");
     }
 }
+
+/// The specs issue #11 found accepted although istiod or the API server refuses them later.
+#[test]
+fn specs_istiod_or_the_api_server_would_refuse_are_refused_naming_the_field() {
+    let head = "apiVersion: istioinstall.io/v1alpha1\nkind: IstioInstall\nmetadata: {name: mesh}\n";
+    for (spec, expected) in [
+        (
+            "spec: {version: '1.24', meshConfig: {accessLogFile: 42}}",
+            "spec.meshConfig.accessLogFile: expected a string, found the number 42",
+        ),
+        (
+            "spec: {version: '1.23', components: {pilot: {k8s: {resources: {requests: {cpu: lots}}}}}}",
+            "spec.components.pilot.k8s.resources.requests.cpu: \"lots\" is not a Kubernetes quantity",
+        ),
+        (
+            "spec: {version: '1.24', components: {ingressGateways: [{name: gw}, {name: gw}]}}",
+            "spec.components.ingressGateways[1].name: \"gw\" is also the name of components.ingressGateways[0]",
+        ),
+    ] {
+        let out = run(&["render", "-f", "-"], Some(&format!("{head}{spec}\n")));
+        assert_eq!(out.status.code(), Some(2), "{spec}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains(expected), "{spec}: {err}");
+    }
+    let out = run(
+        &[
+            "render",
+            "--version",
+            "1.24",
+            "--set",
+            "meshConfig.accessLogFile=42",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("spec.meshConfig.accessLogFile: expected a string"),
+        "{err}"
+    );
+}

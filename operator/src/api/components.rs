@@ -89,7 +89,7 @@ pub struct GatewayComponentSpec {
 pub struct KubernetesOverrides {
     /// Container resources of the main container (a Kubernetes `ResourceRequirements`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "crate::api::free_form_object")]
+    #[schemars(schema_with = "crate::api::schemas::resources")]
     pub resources: Option<serde_json::Value>,
     /// Replicas of a Deployment. Ignored (with a warning) while an HPA manages the replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]

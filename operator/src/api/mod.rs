@@ -5,6 +5,7 @@
 //! version exist, is this values key known) are checked by [`crate::validate`].
 
 mod components;
+mod schemas;
 mod status;
 
 pub use components::*;
@@ -98,7 +99,7 @@ pub struct IstioInstallSpec {
     /// Mesh-wide configuration (the `mesh` key of the `istio` ConfigMap), merged over the
     /// release defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form_object")]
+    #[schemars(schema_with = "schemas::mesh_config")]
     pub mesh_config: Option<serde_json::Value>,
 
     /// Which components to install, where, and Kubernetes-level overrides for each.

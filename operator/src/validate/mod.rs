@@ -9,6 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
+pub mod meshconfig;
+mod quantity;
+
 /// The kinds of component. The one place that knows their order: an install or upgrade goes
 /// in the declared order (the control plane before the data plane), a downgrade takes the data
 /// plane back first ([`ComponentKind::downgrade_rank`]), uninstall goes in reverse.
@@ -365,6 +368,10 @@ pub fn validate_with(
             });
         }
         values::check_known(v, &defaults, "values", &minor)?;
+        if let Some(m) = v.get("meshConfig") {
+            check_mesh_config(bundle, m, "values.meshConfig")?;
+        }
+        check_values_resources(v, "values")?;
         values::merge(&mut user, v.clone());
     }
     let mut mesh = profile_file.mesh_config;
@@ -378,6 +385,7 @@ pub fn validate_with(
                 message: "expected a map".into(),
             });
         }
+        check_mesh_config(bundle, m, "meshConfig")?;
         values::merge(&mut mesh, m.clone());
     }
     if mesh.as_object().is_some_and(|m| !m.is_empty()) {
@@ -508,6 +516,42 @@ pub fn validate_with(
     })
 }
 
+/// Every `resources` map in the values (`pilot.resources`, `global.proxy.resources`,
+/// `gateways.<name>.resources`, …): its requests and limits must be Kubernetes quantities.
+fn check_values_resources(v: &Value, path: &str) -> Result<(), ValidationError> {
+    let Value::Object(m) = v else {
+        return Ok(());
+    };
+    for (k, child) in m {
+        let p = format!("{path}.{k}");
+        if k == "resources" {
+            quantity::check_resources(child).map_err(|(sub, message)| {
+                ValidationError::Invalid {
+                    field: format!("{p}.{sub}"),
+                    message,
+                }
+            })?;
+        } else if path != "values" || k != "meshConfig" {
+            check_values_resources(child, &p)?;
+        }
+    }
+    Ok(())
+}
+
+/// `meshConfig` against the MeshConfig fields and types of the bundled release.
+fn check_mesh_config(bundle: &Bundle, m: &Value, field: &str) -> Result<(), ValidationError> {
+    meshconfig::schema(bundle)
+        .check(m)
+        .map_err(|e| ValidationError::Invalid {
+            field: if e.path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{field}.{}", e.path)
+            },
+            message: format!("{} (MeshConfig of Istio {})", e.message, bundle.minor),
+        })
+}
+
 fn select_components(
     spec: &IstioInstallSpec,
     profile: &ProfileComponents,
@@ -551,6 +595,20 @@ fn select_components(
             &user.egress_gateways,
         ),
     ] {
+        // The CRD makes these lists maps keyed by name; the CLI reads files the API server
+        // never saw, so the same rule is checked here.
+        for (i, g) in from_user.iter().enumerate() {
+            if let Some(first) = from_user[..i].iter().position(|p| p.name == g.name) {
+                return Err(ValidationError::Invalid {
+                    field: format!("components.{}[{i}].name", kind.field()),
+                    message: format!(
+                        "{:?} is also the name of components.{}[{first}]; gateway names must be unique",
+                        g.name,
+                        kind.field()
+                    ),
+                });
+            }
+        }
         // Gateways merge by name: a user entry overrides the profile's entry of that name.
         let mut merged: Vec<GatewayComponentSpec> = from_profile.clone();
         for g in from_user {
@@ -587,6 +645,33 @@ fn select_components(
                 namespace: g.namespace.clone().unwrap_or_else(|| namespace.to_string()),
                 labels,
                 k8s: g.k8s.clone(),
+            });
+        }
+    }
+    // An ingress and an egress gateway of one name in one namespace would render the same
+    // Deployment and Service.
+    let gateways: Vec<&ValidatedComponent> = out
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.kind,
+                ComponentKind::IngressGateway | ComponentKind::EgressGateway
+            )
+        })
+        .collect();
+    for (i, g) in gateways.iter().enumerate() {
+        if let Some(other) = gateways[..i]
+            .iter()
+            .find(|o| o.name == g.name && o.namespace == g.namespace)
+        {
+            return Err(ValidationError::Invalid {
+                field: format!("components.{}", g.kind.field()),
+                message: format!(
+                    "gateway {:?} in namespace {:?} is also one of components.{}; gateway names must be unique per namespace",
+                    g.name,
+                    g.namespace,
+                    other.kind.field()
+                ),
             });
         }
     }
@@ -670,6 +755,11 @@ fn check_kubernetes_types(k8s: &KubernetesOverrides, field: &str) -> Result<(), 
         // Quantities may be written as numbers (cpu: 1); Kubernetes reads them as strings.
         let r = quantities_as_strings(r);
         check::<ResourceRequirements>(&r, format!("{field}.resources"), "ResourceRequirements")?;
+        // k8s-openapi's Quantity takes any string; the API server does not.
+        quantity::check_resources(&r).map_err(|(sub, message)| ValidationError::Invalid {
+            field: format!("{field}.resources.{sub}"),
+            message,
+        })?;
     }
     for (i, t) in k8s.tolerations.iter().flatten().enumerate() {
         check::<Toleration>(t, format!("{field}.tolerations[{i}]"), "Toleration")?;
@@ -804,6 +894,51 @@ mod tests {
             "{err}"
         );
         assert!(validate(&spec("version: '1.24'\ncomponents:\n  pilot:\n    k8s:\n      resources: {requests: {cpu: 1}}\n")).is_ok());
+    }
+
+    #[test]
+    fn accepted_bad_specs_from_issue_11_are_refused_naming_the_field() {
+        let err = |y: &str| validate(&spec(y)).unwrap_err().to_string();
+        let e = err("version: '1.24'\nmeshConfig: {accessLogFile: 42}\n");
+        assert_eq!(
+            e,
+            "spec.meshConfig.accessLogFile: expected a string, found the number 42 (MeshConfig of Istio 1.24)"
+        );
+        let e = err("version: '1.23'\nvalues: {meshConfig: {defaultConfig: {concurrency: two}}}\n");
+        assert!(
+            e.starts_with("spec.values.meshConfig.defaultConfig.concurrency: expected"),
+            "{e}"
+        );
+        let e = err(
+            "version: '1.24'\ncomponents:\n  pilot:\n    k8s:\n      resources: {requests: {cpu: lots}}\n",
+        );
+        assert!(
+            e.starts_with(
+                "spec.components.pilot.k8s.resources.requests.cpu: \"lots\" is not a Kubernetes quantity"
+            ),
+            "{e}"
+        );
+        let e = err(
+            "version: '1.24'\nvalues: {global: {proxy: {resources: {limits: {memory: 1GB}}}}}\n",
+        );
+        assert!(
+            e.starts_with("spec.values.global.proxy.resources.limits.memory: \"1GB\" is not"),
+            "{e}"
+        );
+        let e = err(
+            "version: '1.24'\ncomponents:\n  ingressGateways:\n  - {name: edge}\n  - {name: edge, namespace: other}\n",
+        );
+        assert!(
+            e.starts_with("spec.components.ingressGateways[1].name: \"edge\" is also the name of components.ingressGateways[0]"),
+            "{e}"
+        );
+        let e = err(
+            "version: '1.24'\ncomponents:\n  ingressGateways:\n  - {name: gw}\n  egressGateways:\n  - {name: gw}\n",
+        );
+        assert!(
+            e.starts_with("spec.components.egressGateways: gateway \"gw\" in namespace \"istio-system\" is also one of components.ingressGateways"),
+            "{e}"
+        );
     }
 
     #[test]
