@@ -1,7 +1,6 @@
 //! Leader election and API server faults, end to end: real `istio-install-operator run`
 //! processes (two replicas, one paused with SIGSTOP), an API server cut off behind a TCP proxy,
-//! API Priority and Fairness rejecting the operator's writes with 429, and a Lease namespace that
-//! does not exist yet.
+//! and a Lease namespace that does not exist yet.
 //!
 //! Like `operator.rs`, these scenarios own cluster-wide components, so they run one at a time
 //! (a lock; test binaries themselves run one after the other) and leave no IstioInstall behind.
@@ -217,6 +216,12 @@ async fn wait_install_for(
     }
 }
 
+/// No IstioInstall left from an earlier (failed) run: an operator of its own uninstalls them.
+async fn clean_slate(admin: &Client, kubeconfig: &Path) -> Result<()> {
+    let op = Op::spawn(kubeconfig, &["--leader-elect=false"]).await?;
+    remove_all_installs(admin).await.with_context(|| op.log())
+}
+
 async fn remove_all_installs(c: &Client) -> Result<()> {
     let api = installs(c);
     for ii in api.list(&ListParams::default()).await? {
@@ -252,7 +257,7 @@ async fn a_paused_leader_is_fenced_and_the_other_replica_converges() -> Result<(
     let _serial = SERIAL.lock().await;
     let admin = client().await?;
     let kubeconfig = prepare(&admin).await?;
-    remove_all_installs(&admin).await?;
+    clean_slate(&admin, &kubeconfig).await?;
     let lease = unique_name("e2e-leader");
     let args = [
         "--leader-elect=true",
@@ -395,8 +400,8 @@ async fn the_operators_own_deployment_rolls_out_with_two_replicas() -> Result<()
 async fn a_missing_lease_namespace_is_named_and_the_operator_leads_once_it_exists() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let admin = client().await?;
-    prepare(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let kubeconfig = prepare(&admin).await?;
+    clean_slate(&admin, &kubeconfig).await?;
     let ns = unique_name("e2e-lease");
     let op = Op::spawn(
         &kubeconfig_path(),
@@ -445,16 +450,15 @@ async fn a_missing_lease_namespace_is_named_and_the_operator_leads_once_it_exist
     Ok(())
 }
 
-/// (e) The API server is cut off from the operator for 30 s while the spec changes and an owned
-/// object is deleted; then API Priority and Fairness rejects the operator's writes to
-/// Deployments with 429 while the spec changes again. The status says why the install waits,
-/// and once the API server answers again everything converges: no change lost.
+/// (e) The API server is cut off from the operator for 30 s (a paused TCP proxy) while the spec
+/// changes and an owned object is deleted: once it answers again everything converges, no change
+/// lost.
 #[tokio::test]
-async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
+async fn an_api_server_cut_off_for_30_s_loses_nothing() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let admin = client().await?;
     let kubeconfig = prepare(&admin).await?;
-    remove_all_installs(&admin).await?;
+    clean_slate(&admin, &kubeconfig).await?;
     let proxy = TcpProxy::start().await?;
     let via_proxy = proxy.kubeconfig(&kubeconfig)?;
     let op = Op::spawn(&via_proxy, &["--leader-elect=false"]).await?;
@@ -493,85 +497,11 @@ async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
     )
     .await?;
 
-    // 429 for every write the operator makes to Deployments.
-    let flow = unique_name("e2e-reject");
-    let reject = [
-        json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
-               "metadata": {"name": flow},
-               "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 0, "lendablePercent": 0,
-                        "borrowingLimitPercent": 0, "limitResponse": {"type": "Reject"}}}}),
-        json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
-               "metadata": {"name": flow},
-               "spec": {"priorityLevelConfiguration": {"name": flow}, "matchingPrecedence": 1000,
-                        "distinguisherMethod": {"type": "ByUser"},
-                        "rules": [{"subjects": [{"kind": "ServiceAccount",
-                                                 "serviceAccount": {"namespace": OPERATOR_NS, "name": OPERATOR_NS}}],
-                                   "resourceRules": [{"verbs": ["create", "update", "patch", "delete"],
-                                                      "apiGroups": ["apps"], "resources": ["deployments", "daemonsets"],
-                                                      "namespaces": ["*"]}]}]}}),
-    ];
-    let dir = std::env::temp_dir().join(format!("e2e-{flow}.yaml"));
-    std::fs::write(
-        &dir,
-        reject
-            .iter()
-            .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap_or_default()))
-            .collect::<String>(),
-    )?;
-    apply_file(&admin, &dir, None, "e2e-test").await?;
-    let throttled = apply_install(
-        &admin,
-        "faults",
-        json!({"version": "1.24", "profile": "minimal", "meshConfig": {"accessLogFile": "/dev/stdout"},
-               "values": {"pilot": {"env": {"E2E_THROTTLED": "yes"}}}}),
-    )
-    .await?;
-    // The status must say it within a bound (the operator reports lasting faults after 15 s),
-    // not after the minutes kube's default retries would keep a request to themselves.
-    let said = wait_install_for(
-        &admin,
-        "faults",
-        "Reconciling says 429",
-        Duration::from_secs(60),
-        |ii| {
-            condition(ii, "Reconciling").is_some_and(|c| {
-                c["status"] == "True"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("429") || m.contains("TooManyRequests"))
-            })
-        },
-    )
-    .await
-    .with_context(|| op.log());
-    for kind in ["flowschemas", "prioritylevelconfigurations"] {
-        let api: Api<DynamicObject> = Api::all_with(
-            admin.clone(),
-            &ApiResource {
-                group: "flowcontrol.apiserver.k8s.io".into(),
-                version: "v1".into(),
-                api_version: "flowcontrol.apiserver.k8s.io/v1".into(),
-                kind: String::new(),
-                plural: kind.into(),
-            },
-        );
-        api.delete(&flow, &DeleteParams::default()).await?;
-    }
-    let said = said?;
-    println!(
-        "status while throttled: {}",
-        condition(&said, "Reconciling").cloned().unwrap_or_default()
-    );
-    wait_install(&admin, "faults", "Ready once no longer throttled", |ii| {
-        ready_at(ii, throttled)
-    })
-    .await?;
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
-    let istiod = serde_json::to_string(&deployments.get("istiod").await?)?;
-    assert!(
-        istiod.contains("E2E_THROTTLED"),
-        "the change reached istiod"
-    );
+    // Not here: 429s from API Priority and Fairness. A PriorityLevelConfiguration with
+    // `nominalConcurrencyShares: 0` and `Reject` still runs one request at a time on v1.34 (its
+    // FlowSchema matched the operator's PATCH and the apiserver's APF dump showed it dispatched,
+    // none rejected), so a FlowSchema alone does not make every write fail; the client layer's
+    // handling of 429 is covered by the unit tests of `client.rs` and `telemetry::api_health`.
     remove_all_installs(&admin).await?;
     drop(proxy);
     Ok(())
