@@ -763,18 +763,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // an API server that goes away
 
-/// A TCP proxy on 127.0.0.1 in front of the harness API server, which a test can cut off:
-/// [`TcpProxy::set_open`]`(false)` resets every connection through it and refuses new ones (the
-/// API server becomes unreachable for whoever uses [`TcpProxy::kubeconfig`]), `true` lets them
-/// through again. TLS passes through untouched (the serving certificate is for 127.0.0.1).
+/// A TCP proxy on 127.0.0.1 in front of the harness API server, which a test can pause:
+/// [`TcpProxy::set_open`]`(false)` holds every byte in both directions and connects nothing new
+/// (the API server stops answering whoever uses [`TcpProxy::kubeconfig`], as in a network
+/// partition: requests time out, watches go silent); `true` lets everything through again. TLS passes through untouched (the serving certificate is for 127.0.0.1).
 pub struct TcpProxy {
     port: u16,
     open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TcpProxy {
-    /// Starts a proxy to the API server of the admin kubeconfig.
+    /// Starts a proxy to the API server of the admin kubeconfig. It runs on a thread and runtime
+    /// of its own, so it keeps forwarding whatever the test's runtime is doing.
     pub async fn start() -> Result<TcpProxy> {
         let config = Kubeconfig::read_from(kubeconfig_path())?;
         let server = config
@@ -794,39 +795,36 @@ impl TcpProxy {
             target.ip().is_loopback(),
             "only a loopback API server is proxied"
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let (open, _) = tokio::sync::watch::channel(true);
         let open = std::sync::Arc::new(open);
-        let task = {
-            let open = open.clone();
-            tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    let mut closed = open.subscribe();
-                    if !*closed.borrow() {
-                        drop(inbound);
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = closed.wait_for(|open| !*open) => {}
-                        }
-                    });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let shared = open.clone();
+        std::thread::spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    () = forward(listener, target, shared) => {}
+                    _ = stopped => {}
                 }
             })
-        };
-        Ok(TcpProxy { port, open, task })
+        });
+        Ok(TcpProxy {
+            port,
+            open,
+            stop: Some(stop),
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Lets connections through (`true`) or cuts every one off and refuses new ones (`false`).
+    /// Lets bytes through (`true`) or holds them (`false`).
     pub fn set_open(&self, open: bool) {
         self.open.send_replace(open);
     }
@@ -848,8 +846,64 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.set_open(false);
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
+}
+
+/// The proxy's loop. Connections are never reset: while paused, bytes are held (a connection
+/// accepted meanwhile reaches the API server only once resumed), like a network partition.
+async fn forward(
+    listener: std::net::TcpListener,
+    target: std::net::SocketAddr,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        // A connection reset while queued fails its accept; the proxy goes on.
+        let Ok((inbound, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mut state = open.subscribe();
+        tokio::spawn(async move {
+            if state.wait_for(|open| *open).await.is_err() {
+                return;
+            }
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                return;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::join!(
+                pump(in_read, out_write, state.clone()),
+                pump(out_read, in_write, state)
+            );
+        });
+    }
+}
+
+/// Copies one direction, holding each chunk while the proxy is paused.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if open.wait_for(|open| *open).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! Leader election and API server faults, end to end: real `istio-install-operator run`
 //! processes (two replicas, one paused with SIGSTOP), an API server cut off behind a TCP proxy,
-//! API Priority and Fairness rejecting the operator's writes with 429, and a Lease namespace that
-//! does not exist yet.
+//! API Priority and Fairness rejecting the operator's requests with 429, and a Lease namespace
+//! that does not exist yet.
 //!
 //! Like `operator.rs`, these scenarios own cluster-wide components, so they run one at a time
 //! (a lock; test binaries themselves run one after the other) and leave no IstioInstall behind.
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
 use istio_install_e2e::{
     ServiceAccountAccess, TcpProxy, apply_crd_file, apply_file, client, eventually,
     kubeconfig_path, repo_path, unique_name, wait_deployment_rolled_out,
@@ -17,6 +18,7 @@ use kube::Client;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
+use kube::runtime::WatchStreamExt;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -217,6 +219,12 @@ async fn wait_install_for(
     }
 }
 
+/// No IstioInstall left from an earlier (failed) run: an operator of its own uninstalls them.
+async fn clean_slate(admin: &Client, kubeconfig: &Path) -> Result<()> {
+    let op = Op::spawn(kubeconfig, &["--leader-elect=false"]).await?;
+    remove_all_installs(admin).await.with_context(|| op.log())
+}
+
 async fn remove_all_installs(c: &Client) -> Result<()> {
     let api = installs(c);
     for ii in api.list(&ListParams::default()).await? {
@@ -252,7 +260,7 @@ async fn a_paused_leader_is_fenced_and_the_other_replica_converges() -> Result<(
     let _serial = SERIAL.lock().await;
     let admin = client().await?;
     let kubeconfig = prepare(&admin).await?;
-    remove_all_installs(&admin).await?;
+    clean_slate(&admin, &kubeconfig).await?;
     let lease = unique_name("e2e-leader");
     let args = [
         "--leader-elect=true",
@@ -395,8 +403,8 @@ async fn the_operators_own_deployment_rolls_out_with_two_replicas() -> Result<()
 async fn a_missing_lease_namespace_is_named_and_the_operator_leads_once_it_exists() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let admin = client().await?;
-    prepare(&admin).await?;
-    remove_all_installs(&admin).await?;
+    let kubeconfig = prepare(&admin).await?;
+    clean_slate(&admin, &kubeconfig).await?;
     let ns = unique_name("e2e-lease");
     let op = Op::spawn(
         &kubeconfig_path(),
@@ -445,16 +453,16 @@ async fn a_missing_lease_namespace_is_named_and_the_operator_leads_once_it_exist
     Ok(())
 }
 
-/// (e) The API server is cut off from the operator for 30 s while the spec changes and an owned
-/// object is deleted; then API Priority and Fairness rejects the operator's writes to
-/// Deployments with 429 while the spec changes again. The status says why the install waits,
-/// and once the API server answers again everything converges: no change lost.
+/// (e) The API server is cut off from the operator for 30 s (a paused TCP proxy) while the spec
+/// changes and an owned object is deleted; then API Priority and Fairness rejects the operator's
+/// requests on Deployments with 429 while the spec changes again. `Reconciling` says why the
+/// install waits, and once the API server answers again everything converges: no change lost.
 #[tokio::test]
-async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
+async fn api_server_faults_lose_nothing_and_status_says_why() -> Result<()> {
     let _serial = SERIAL.lock().await;
     let admin = client().await?;
     let kubeconfig = prepare(&admin).await?;
-    remove_all_installs(&admin).await?;
+    clean_slate(&admin, &kubeconfig).await?;
     let proxy = TcpProxy::start().await?;
     let via_proxy = proxy.kubeconfig(&kubeconfig)?;
     let op = Op::spawn(&via_proxy, &["--leader-elect=false"]).await?;
@@ -493,7 +501,10 @@ async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
     )
     .await?;
 
-    // 429 for every write the operator makes to Deployments.
+    // 429s from API Priority and Fairness. A PriorityLevelConfiguration with
+    // `nominalConcurrencyShares: 0` and `Reject` still runs one request at a time (v1.34), so
+    // the test keeps that one seat busy with requests of its own under the operator's
+    // ServiceAccount: nearly every write the operator makes to Deployments is rejected.
     let flow = unique_name("e2e-reject");
     let reject = [
         json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
@@ -506,19 +517,34 @@ async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
                         "distinguisherMethod": {"type": "ByUser"},
                         "rules": [{"subjects": [{"kind": "ServiceAccount",
                                                  "serviceAccount": {"namespace": OPERATOR_NS, "name": OPERATOR_NS}}],
-                                   "resourceRules": [{"verbs": ["create", "update", "patch", "delete"],
-                                                      "apiGroups": ["apps"], "resources": ["deployments", "daemonsets"],
-                                                      "namespaces": ["*"]}]}]}}),
+                                   "resourceRules": [{"verbs": ["*"], "apiGroups": ["apps"],
+                                                      "resources": ["deployments", "daemonsets"],
+                                                      "namespaces": ["*"], "clusterScope": true}]}]}}),
     ];
-    let dir = std::env::temp_dir().join(format!("e2e-{flow}.yaml"));
-    std::fs::write(
-        &dir,
-        reject
-            .iter()
-            .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap_or_default()))
-            .collect::<String>(),
-    )?;
-    apply_file(&admin, &dir, None, "e2e-test").await?;
+    let file = std::env::temp_dir().join(format!("e2e-{flow}.yaml"));
+    let text: String = reject.iter().map(|d| format!("---\n{d}\n")).collect();
+    std::fs::write(&file, text)?;
+    apply_file(&admin, &file, None, "e2e-test").await?;
+    let load_client = {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        config.default_retry = false;
+        Client::try_from(config)?
+    };
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load: Vec<_> = (0..12)
+        .map(|_| {
+            let (c, busy) = (load_client.clone(), busy.clone());
+            tokio::spawn(async move {
+                let api: Api<Deployment> = Api::all(c);
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = api.list(&ListParams::default()).await;
+                }
+            })
+        })
+        .collect();
     let throttled = apply_install(
         &admin,
         "faults",
@@ -526,25 +552,39 @@ async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
                "values": {"pilot": {"env": {"E2E_THROTTLED": "yes"}}}}),
     )
     .await?;
-    // The status must say it within a bound (the operator reports lasting faults after 15 s),
-    // not after the minutes kube's default retries would keep a request to themselves.
-    let said = wait_install_for(
-        &admin,
-        "faults",
-        "Reconciling says 429",
-        Duration::from_secs(60),
-        |ii| {
-            condition(ii, "Reconciling").is_some_and(|c| {
-                c["status"] == "True"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("429") || m.contains("TooManyRequests"))
-            })
-        },
-    )
-    .await
-    .with_context(|| op.log());
-    for kind in ["flowschemas", "prioritylevelconfigurations"] {
+    // Within a bound (lasting faults are reported after 15 s, a rejected write at once), not
+    // after the minutes kube's default retries would keep a 429 to themselves.
+    // Watched, not polled: the message lasts only until a retry gets through.
+    let says_429 = |ii: &DynamicObject| {
+        condition(ii, "Reconciling").is_some_and(|c| {
+            c["status"] == "True"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("429") || m.contains("TooManyRequests"))
+        })
+    };
+    let seen = async {
+        let config = kube::runtime::watcher::Config::default().fields("metadata.name=faults");
+        let mut events = kube::runtime::watcher(installs(&admin), config)
+            .applied_objects()
+            .boxed();
+        while let Some(ii) = events.try_next().await? {
+            if says_429(&ii) {
+                return Ok(ii);
+            }
+        }
+        bail!("the watch ended")
+    };
+    let said = tokio::time::timeout(Duration::from_secs(60), seen)
+        .await
+        .map_err(|_| anyhow!("within 60 s, Reconciling never said 429"))
+        .and_then(|r| r)
+        .with_context(|| op.log());
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        let _ = task.await;
+    }
+    for plural in ["flowschemas", "prioritylevelconfigurations"] {
         let api: Api<DynamicObject> = Api::all_with(
             admin.clone(),
             &ApiResource {
@@ -552,14 +592,14 @@ async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
                 version: "v1".into(),
                 api_version: "flowcontrol.apiserver.k8s.io/v1".into(),
                 kind: String::new(),
-                plural: kind.into(),
+                plural: plural.into(),
             },
         );
         api.delete(&flow, &DeleteParams::default()).await?;
     }
     let said = said?;
     println!(
-        "status while throttled: {}",
+        "Reconciling while throttled: {}",
         condition(&said, "Reconciling").cloned().unwrap_or_default()
     );
     wait_install(&admin, "faults", "Ready once no longer throttled", |ii| {

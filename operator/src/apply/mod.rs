@@ -36,6 +36,11 @@ pub enum ApplyError {
 /// The API server's own message (not the whole Status dump), bounded for status conditions.
 fn api_message(e: &kube::Error) -> String {
     let mut m = match e {
+        // APF's 429 body is plain text, so kube's reason reads "Failed to parse error data".
+        kube::Error::Api(s) if s.code == 429 => format!(
+            "throttled by the API server (429 Too Many Requests): {}",
+            s.message.trim()
+        ),
         kube::Error::Api(s) => format!("{} ({})", s.message, s.reason),
         other => other.to_string(),
     };

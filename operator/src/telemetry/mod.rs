@@ -309,9 +309,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Readines
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                tracing::debug!(error = %e, "metrics connection");
             }
         });
     }
