@@ -758,6 +758,98 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// an API server that goes away
+
+/// A TCP proxy on 127.0.0.1 in front of the harness API server, which a test can cut off:
+/// [`TcpProxy::set_open`]`(false)` resets every connection through it and refuses new ones (the
+/// API server becomes unreachable for whoever uses [`TcpProxy::kubeconfig`]), `true` lets them
+/// through again. TLS passes through untouched (the serving certificate is for 127.0.0.1).
+pub struct TcpProxy {
+    port: u16,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts a proxy to the API server of the admin kubeconfig.
+    pub async fn start() -> Result<TcpProxy> {
+        let config = Kubeconfig::read_from(kubeconfig_path())?;
+        let server = config
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.as_ref())
+            .and_then(|c| c.server.clone())
+            .ok_or_else(|| anyhow!("the admin kubeconfig names no server"))?;
+        let uri: http::Uri = server.parse()?;
+        let target: std::net::SocketAddr = format!(
+            "{}:{}",
+            uri.host().unwrap_or_default(),
+            uri.port_u16().unwrap_or(443)
+        )
+        .parse()?;
+        ensure!(
+            target.ip().is_loopback(),
+            "only a loopback API server is proxied"
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (open, _) = tokio::sync::watch::channel(true);
+        let open = std::sync::Arc::new(open);
+        let task = {
+            let open = open.clone();
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let mut closed = open.subscribe();
+                    if !*closed.borrow() {
+                        drop(inbound);
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = closed.wait_for(|open| !*open) => {}
+                        }
+                    });
+                }
+            })
+        };
+        Ok(TcpProxy { port, open, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Lets connections through (`true`) or cuts every one off and refuses new ones (`false`).
+    pub fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    /// A copy of `kubeconfig` whose server is this proxy (written next to it, mode 600).
+    pub fn kubeconfig(&self, kubeconfig: &Path) -> Result<PathBuf> {
+        let mut config = Kubeconfig::read_from(kubeconfig)?;
+        for cluster in &mut config.clusters {
+            if let Some(c) = cluster.cluster.as_mut() {
+                c.server = Some(format!("https://127.0.0.1:{}", self.port));
+            }
+        }
+        let out = kubeconfig.with_extension(format!("via-{}.kubeconfig", self.port));
+        write_private(&out, serde_saphyr::to_string(&config)?.as_bytes())?;
+        Ok(out)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.set_open(false);
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,8 +138,11 @@ impl Operator {
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
         let code = out
@@ -691,23 +694,34 @@ async fn health_endpoints_and_leader_election() -> Result<()> {
     );
     drop(op);
 
-    // Two replicas with leader election: exactly one becomes ready (the other waits for the Lease).
+    // Two replicas with leader election: exactly one leads; both are ready (a standby replica
+    // is healthy, and readiness must not wait for leadership or a rolling update deadlocks).
     let a = Operator::spawn(&admin, true).await?;
     let b = Operator::spawn(&admin, true).await?;
-    eventually(Duration::from_secs(60), "one replica leads", || async {
-        let ready = [a.get("/readyz").await, b.get("/readyz").await]
-            .into_iter()
-            .filter(|r| r.as_ref().is_ok_and(|(code, _)| *code == 200))
-            .count();
-        Ok(ready == 1)
-    })
+    let leaders = || async {
+        let mut n = 0.0;
+        for op in [&a, &b] {
+            n += op
+                .metric("istio_install_operator_leader")
+                .await
+                .unwrap_or(0.0);
+        }
+        n
+    };
+    eventually(
+        Duration::from_secs(60),
+        "one replica leads, both are ready",
+        || async {
+            let ready = [a.get("/readyz").await, b.get("/readyz").await]
+                .into_iter()
+                .filter(|r| r.as_ref().is_ok_and(|(code, _)| *code == 200))
+                .count();
+            Ok(ready == 2 && leaders().await == 1.0)
+        },
+    )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ready = [a.get("/readyz").await?, b.get("/readyz").await?]
-        .into_iter()
-        .filter(|(c, _)| *c == 200)
-        .count();
-    assert_eq!(ready, 1, "still exactly one leader");
+    assert_eq!(leaders().await, 1.0, "still exactly one leader");
     Ok(())
 }
 
@@ -1297,6 +1311,470 @@ async fn pause_and_ignore_leave_a_hand_made_fix_in_place() -> Result<()> {
         image(&deployments.get("istiod").await?),
         "example.invalid/pilot:hotfix"
     );
+
+    // Uninstall leaves the object marked to be left alone, released from the install (no owner
+    // reference, so the garbage collector keeps it too).
+    remove_all_installs(&admin).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kept = deployments.get("istiod").await?;
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    deployments
+        .delete("istiod", &DeleteParams::default())
+        .await?;
+    drop(op);
+    Ok(())
+}
+
+/// What an admin would see with `kubectl auth can-i VERB RESOURCE --as USER`.
+async fn can_i(
+    admin: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+) -> Result<bool> {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource}},
+    });
+    let ar = ApiResource {
+        group: "authorization.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "authorization.k8s.io/v1".into(),
+        kind: "SubjectAccessReview".into(),
+        plural: "subjectaccessreviews".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(admin.clone(), &ar);
+    let answer = api
+        .create(&PostParams::default(), &serde_json::from_value(review)?)
+        .await?;
+    Ok(answer.data["status"]["allowed"] == true)
+}
+
+fn stalled_message(ii: &DynamicObject) -> Option<String> {
+    condition(ii, "Stalled")
+        .filter(|c| c["status"] == "True")
+        .filter(|_| ii.data["status"]["observedGeneration"] == ii.metadata.generation.unwrap_or(-1))
+        .and_then(|c| c["message"].as_str().map(String::from))
+}
+
+/// Issue 9 (a): overlays and values cannot make the operator grant more than an Istio install,
+/// nor write outside the install's namespaces; each refusal is Stalled naming what and where.
+#[tokio::test]
+async fn a_hostile_spec_cannot_grant_more_or_write_elsewhere() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    let istiod = "system:serviceaccount:istio-system:istiod";
+    let overlay = |kind: &str, name: &str, path: &str, value: Value| {
+        json!({"version": "1.24", "profile": "minimal", "components": {"pilot": {"k8s": {"overlays": [
+            {"kind": kind, "name": name, "patches": [{"path": path, "value": value}]}]}}}})
+    };
+    let cases = [
+        (
+            "rebind",
+            overlay(
+                "ClusterRoleBinding",
+                "istiod-clusterrole-istio-system",
+                "roleRef.name",
+                json!("cluster-admin"),
+            ),
+            vec![
+                "spec.components.pilot",
+                "overlays[ClusterRoleBinding istiod-clusterrole-istio-system]",
+                "cannot be patched by overlays",
+            ],
+        ),
+        (
+            "kind",
+            overlay("Deployment", "istiod", "kind", json!("DaemonSet")),
+            vec![
+                "spec.components.pilot",
+                "overlays[Deployment istiod]",
+                "kind cannot be changed",
+            ],
+        ),
+        (
+            "move",
+            overlay(
+                "ConfigMap",
+                "istio",
+                "metadata.namespace",
+                json!("kube-system"),
+            ),
+            vec![
+                "spec.components.pilot",
+                "overlays[ConfigMap istio]",
+                "metadata.namespace cannot be changed",
+            ],
+        ),
+        (
+            "inject",
+            json!({"version": "1.24", "profile": "ambient", "values": {"cni": {"logging": {"level":
+                "info\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: pwned}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{kind: ServiceAccount, name: istiod, namespace: istio-system}]\n"}}}}),
+            vec!["spec.values.cni.logging.level", "expected log levels"],
+        ),
+    ];
+    for (name, spec, words) in cases {
+        apply_install(&admin, name, spec).await?;
+        let ii = wait_install(&admin, name, "Stalled by the boundary", |ii| {
+            stalled_message(ii).is_some()
+        })
+        .await?;
+        let message = stalled_message(&ii).unwrap_or_default();
+        for w in words {
+            assert!(message.contains(w), "{name}: {w:?} not in {message:?}");
+        }
+        assert!(
+            !can_i(&admin, istiod, "*", "*", "*").await?,
+            "{name}: istiod's ServiceAccount must not be cluster-admin"
+        );
+        let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(admin.clone());
+        assert!(crbs.get_opt("pwned").await?.is_none(), "{name}");
+        let kube_system: Api<k8s_openapi::api::core::v1::ConfigMap> =
+            Api::namespaced(admin.clone(), "kube-system");
+        assert!(kube_system.get_opt("istio").await?.is_none(), "{name}");
+        installs(&admin)
+            .delete(name, &DeleteParams::default())
+            .await?;
+        remove_all_installs(&admin).await?;
+    }
+    drop(op);
+    Ok(())
+}
+
+/// Issue 9 (b) and (c): uninstall deletes only what the install owns (by UID), and an existing
+/// object no Istio install made is never taken over.
+#[tokio::test]
+async fn uninstall_and_adoption_never_touch_what_is_not_ours() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    // A user's ConfigMap wearing our labels (copied from one of ours), with no owner reference.
+    let user_cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "users-own", "namespace": "istio-system", "labels": {
+            "app.kubernetes.io/managed-by": "istio-install-operator", "istioinstall.io/install": "mesh"}},
+        "data": {"mine": "yes"}});
+    admin_namespace(&admin, "istio-system").await?;
+    istio_install_e2e::apply_manifest(&admin, &user_cm, None, "e2e-test").await?;
+    // A Service of a user's in the namespace a gateway will be put in, with the gateway's name.
+    admin_namespace(&admin, "edge-ns").await?;
+    let user_svc = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "edge", "namespace": "edge-ns", "labels": {"app": "users-own"}},
+        "spec": {"ports": [{"port": 80}]}});
+    istio_install_e2e::apply_manifest(&admin, &user_svc, None, "e2e-test").await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(admin.clone(), "edge-ns");
+    let before = services.get("edge").await?.metadata.resource_version;
+
+    apply_install(
+        &admin,
+        "mesh",
+        json!({"version": "1.24", "profile": "minimal",
+        "components": {"ingressGateways": [{"name": "edge", "namespace": "edge-ns"}]}}),
+    )
+    .await?;
+    let ii = wait_install(&admin, "mesh", "Stalled on the user's Service", |ii| {
+        stalled_message(ii).is_some()
+    })
+    .await?;
+    let message = stalled_message(&ii).unwrap_or_default();
+    assert!(
+        message.contains("Service edge-ns/edge")
+            && message.contains("not created by an Istio install")
+            && message.contains("istioinstall.io/adopt"),
+        "{message}"
+    );
+    assert_eq!(
+        services.get("edge").await?.metadata.resource_version,
+        before,
+        "left untouched"
+    );
+
+    // Without the gateway the install becomes Ready; uninstall keeps the user's ConfigMap.
+    apply_install(
+        &admin,
+        "mesh",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "mesh", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    remove_all_installs(&admin).await?;
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), "istio-system");
+    assert!(
+        configmaps.get_opt("users-own").await?.is_some(),
+        "the user's ConfigMap survives"
+    );
+    assert!(configmaps.get_opt("istio").await?.is_none(), "ours is gone");
+    assert_eq!(
+        services.get("edge").await?.metadata.resource_version,
+        before
+    );
+    configmaps
+        .delete("users-own", &DeleteParams::default())
+        .await?;
+    services.delete("edge", &DeleteParams::default()).await?;
+    drop(op);
+    Ok(())
+}
+
+/// Issue 9 (d): an install whose spec became invalid keeps its claims; the contested install
+/// does not adopt its istiod, and deleting that one leaves the istiod in place.
+#[tokio::test]
+async fn an_invalid_install_keeps_its_claims() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    apply_install(
+        &admin,
+        "first",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "first", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    let first_uid = installs(&admin).get("first").await?.metadata.uid;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    apply_install(
+        &admin,
+        "second",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "second", "Stalled by the conflict", |ii| {
+        stalled_message(ii).is_some()
+    })
+    .await?;
+
+    // The first install's spec becomes invalid: it stalls, and keeps what it holds.
+    apply_install(
+        &admin,
+        "first",
+        json!({"version": "1.99", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "first", "Stalled", |ii| {
+        stalled_message(ii).is_some()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let owner = |d: &Deployment| {
+        d.metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default()
+            .first()
+            .map(|r| r.uid.clone())
+    };
+    let istiod = deployments.get("istiod").await?;
+    assert_eq!(
+        owner(&istiod),
+        first_uid,
+        "istiod still belongs to the first install"
+    );
+    let second = installs(&admin).get("second").await?;
+    let message = stalled_message(&second).unwrap_or_default();
+    assert!(message.contains("first"), "{message}");
+
+    // Deleting the second install does not remove the first one's istiod.
+    installs(&admin)
+        .delete("second", &DeleteParams::default())
+        .await?;
+    eventually(INSTALL_TIMEOUT, "the second install is gone", || async {
+        Ok(installs(&admin).get_opt("second").await?.is_none())
+    })
+    .await?;
+    let istiod = deployments.get("istiod").await?;
+    assert_eq!(owner(&istiod), first_uid);
+
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}
+
+/// Issue 9, item 3: the operator's ClusterRole has no `escalate` or `bind`, yet it can create
+/// every role and binding of every bundle, because it holds every permission in them. The API
+/// server's escalation check is the judge: this creates them as the operator's ServiceAccount.
+#[tokio::test]
+async fn the_operator_can_grant_every_bundles_rbac_and_nothing_more() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    drop(op);
+    let sa =
+        ServiceAccountAccess::create(&admin, "istio-install-operator", "istio-install-operator")
+            .await?;
+    let operator = sa.client().await?;
+    admin_namespace(&admin, "istio-system").await?;
+    let features = [
+        "",
+        "global.istiod.enableAnalysis=true,pilot.taint.enabled=true",
+        "cni.repair.enabled=true,cni.repair.repairPods=false,cni.repair.deletePods=true",
+        "global.platform=openshift",
+    ];
+    let mut created: Vec<(ApiResource, Option<String>, String)> = Vec::new();
+    let mut checked = 0;
+    for version in ["1.23.0", "1.23.6", "1.24.0", "1.24.6"] {
+        for profile in ["default", "demo", "minimal", "ambient", "stable", "remote"] {
+            for set in features {
+                let mut args = vec![
+                    "render",
+                    "--version",
+                    version,
+                    "--profile",
+                    profile,
+                    "-o",
+                    "json",
+                    "--set",
+                    "components.cni.enabled=true",
+                ];
+                let sets: Vec<String> = set
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                for s in &sets {
+                    args.push("--set");
+                    args.push(s);
+                }
+                // A release without that profile or platform refuses the case; that is fine.
+                let Ok((out, _)) = cli(&args).await else {
+                    continue;
+                };
+                let list: Value = serde_json::from_str(&out)?;
+                let mut items: Vec<&Value> = list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| {
+                        matches!(
+                            o["kind"].as_str(),
+                            Some("Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding")
+                        )
+                    })
+                    .collect();
+                // Roles before the bindings that refer to them.
+                items.sort_by_key(|o| o["kind"].as_str().unwrap_or_default().ends_with("Binding"));
+                for o in items {
+                    let kind = o["kind"].as_str().unwrap_or_default();
+                    let ar = ApiResource {
+                        group: "rbac.authorization.k8s.io".into(),
+                        version: "v1".into(),
+                        api_version: "rbac.authorization.k8s.io/v1".into(),
+                        kind: kind.into(),
+                        plural: format!("{}s", kind.to_lowercase()),
+                    };
+                    let ns = o["metadata"]["namespace"].as_str().map(String::from);
+                    let name = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let api: Api<DynamicObject> = match &ns {
+                        Some(ns) => Api::namespaced_with(operator.clone(), ns, &ar),
+                        None => Api::all_with(operator.clone(), &ar),
+                    };
+                    api.patch(
+                        &name,
+                        &PatchParams::apply("e2e-rbac").force(),
+                        &Patch::Apply(o),
+                    )
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "{version} {profile} [{set}]: the operator may not create {kind} {name}"
+                        )
+                    })?;
+                    checked += 1;
+                    if !created
+                        .iter()
+                        .any(|(a, n, m)| a.kind == ar.kind && *n == ns && *m == name)
+                    {
+                        created.push((ar, ns, name));
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} RBAC objects checked");
+
+    // And nothing beyond: binding cluster-admin, or a role with a permission no chart has, is
+    // refused by the API server's escalation check.
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(operator.clone());
+    let admin_binding = serde_json::from_value(json!({"metadata": {"name": "e2e-escalation"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]}))?;
+    let err = crbs
+        .create(&PostParams::default(), &admin_binding)
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("forbidden"), "{err}");
+    let crs: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(operator.clone());
+    let wide = serde_json::from_value(json!({"metadata": {"name": "e2e-escalation"},
+        "rules": [{"apiGroups": [""], "resources": ["pods/exec", "serviceaccounts/token"], "verbs": ["create"]}]}))?;
+    let err = crs.create(&PostParams::default(), &wide).await.unwrap_err();
+    assert!(format!("{err}").contains("forbidden"), "{err}");
+
+    for (ar, ns, name) in created.iter().rev() {
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(admin.clone(), ns, ar),
+            None => Api::all_with(admin.clone(), ar),
+        };
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    Ok(())
+}
+
+/// Issue 13 (a): an overlay that puts a value where a map is expected (`metadata`) used to
+/// panic in the planner and take the whole operator down with every install. It is refused
+/// naming the patch; the same process keeps healing another install.
+#[tokio::test]
+async fn a_broken_overlay_stalls_its_install_and_nothing_else() -> Result<()> {
+    let Scenario {
+        admin,
+        mut op,
+        _serial,
+    } = Scenario::begin().await?;
+    let pid = op.child.id();
+    apply_install(
+        &admin,
+        "healthy",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "healthy", "Ready", |ii| is_ready_at(ii, "1.24.6")).await?;
+    apply_install(&admin, "broken", json!({"version": "1.24", "profile": "minimal", "revision": "b",
+        "components": {"base": {"enabled": false}, "pilot": {"k8s": {"overlays": [
+            {"kind": "Deployment", "name": "istiod-b", "patches": [{"path": "metadata", "value": "oops"}]}]}}}})).await?;
+    let ii = wait_install(&admin, "broken", "Stalled", |ii| {
+        stalled_message(ii).is_some()
+    })
+    .await?;
+    let message = stalled_message(&ii).unwrap_or_default();
+    assert!(
+        message.contains("overlays[Deployment istiod-b].patches[0] (path \"metadata\")"),
+        "{message}"
+    );
+
+    // The other install still heals.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(admin.clone(), "istio-system");
+    let old = configmaps.get("istio").await?.metadata.uid;
+    configmaps.delete("istio", &DeleteParams::default()).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the mesh ConfigMap is restored",
+        || async {
+            Ok(configmaps
+                .get_opt("istio")
+                .await?
+                .is_some_and(|c| c.metadata.uid != old))
+        },
+    )
+    .await?;
+    assert!(
+        op.child.try_wait()?.is_none(),
+        "the operator is still running"
+    );
+    assert_eq!(op.child.id(), pid, "the same process");
 
     remove_all_installs(&admin).await?;
     drop(op);

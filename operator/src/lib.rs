@@ -6,10 +6,13 @@
 pub mod api;
 pub mod apply;
 pub mod bundle;
+pub mod client;
 pub mod controller;
+pub mod kinds;
 pub mod migrate;
 pub mod overlay;
 pub mod plan;
+pub mod rbac;
 pub mod render;
 pub mod status;
 pub mod telemetry;

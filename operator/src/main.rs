@@ -2,7 +2,9 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use istio_install_operator::api::{IstioInstall, IstioInstallSpec, crd_yaml};
-use istio_install_operator::{bundle, controller, migrate, render, telemetry, validate, values};
+use istio_install_operator::{
+    bundle, client, controller, migrate, render, telemetry, validate, values,
+};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ enum Command {
     Convert(ConvertArgs),
     /// Print the IstioInstall CustomResourceDefinition.
     Crd,
+    /// Print the operator's least-privilege RBAC (manifests/rbac.yaml), generated from the
+    /// kinds it writes and the roles of the bundled Istio charts.
+    Rbac,
     /// Print the operator version and the bundled Istio releases.
     Version,
 }
@@ -56,6 +61,9 @@ struct RenderArgs {
     /// Name recorded in the `istioinstall.io/install` label (defaults to the file's metadata.name).
     #[arg(long)]
     name: Option<String>,
+    /// Accept the reserved namespaces, as an operator started with the same flag does.
+    #[arg(long, default_value_t = false)]
+    allow_reserved_namespaces: bool,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +97,10 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     log_json: bool,
+    /// Let IstioInstalls put objects in (and enrol) the reserved namespaces: kube-system,
+    /// kube-public, kube-node-lease and the operator's own.
+    #[arg(long, env = "ALLOW_RESERVED_NAMESPACES", default_value_t = false)]
+    allow_reserved_namespaces: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -120,6 +132,10 @@ fn main() -> ExitCode {
             print!("{}", crd_yaml());
             Ok(())
         }
+        Command::Rbac => {
+            print!("{}", istio_install_operator::rbac::manifest());
+            Ok(())
+        }
         Command::Version => {
             println!("istio-install-operator {}", env!("CARGO_PKG_VERSION"));
             let releases: Vec<String> = bundle::releases().iter().map(|r| r.to_string()).collect();
@@ -145,42 +161,94 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             format!("no Kubernetes client (KUBECONFIG or in-cluster config): {e}")
         };
         let config = kube::Config::infer().await.map_err(|e| no_client(&e))?;
-        // Watches stream for as long as they last; every other call gets an answer within
-        // REQUEST_TIMEOUT or fails and is retried, so one request the API server never answers
-        // cannot hold an install (or the leader Lease) up indefinitely.
-        let watch_client = kube::Client::try_from(config.clone()).map_err(|e| no_client(&e))?;
-        let mut request_config = config;
-        request_config.read_timeout = Some(controller::REQUEST_TIMEOUT);
-        request_config.reset_reader_on_write = true;
-        let client = kube::Client::try_from(request_config).map_err(|e| no_client(&e))?;
         let metrics = Arc::new(telemetry::Metrics::default());
         let ready = telemetry::Readiness::default();
-        let server = tokio::spawn(telemetry::serve(args.metrics_addr, metrics.clone(), ready.clone()));
-        let elector = args.leader_elect.then(|| {
+        let fence = if args.leader_elect {
+            controller::leader::Fence::closed()
+        } else {
+            metrics.leader.set(1);
+            controller::leader::Fence::always_open()
+        };
+        let request_health = telemetry::ApiHealth::default();
+        let clients = client::build(
+            config,
+            fence.clone(),
+            metrics.clone(),
+            request_health.clone(),
+            ready.watches().clone(),
+        )
+        .map_err(|e| no_client(&e))?;
+        let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+            .await
+            .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
+        let server = tokio::spawn(telemetry::serve(listener, metrics.clone(), ready.clone()));
+        let controller_clients = || controller::Clients {
+            watch: clients.watch.clone(),
+            request: clients.request.clone(),
+            request_health: request_health.clone(),
+        };
+        let policy = if args.allow_reserved_namespaces {
+            validate::Policy::allow_all()
+        } else {
+            validate::Policy::reserving(&args.lease_namespace)
+        };
+        let opts = || controller::RunOptions {
+            concurrency: args.concurrency,
+            policy: policy.clone(),
+        };
+        let result = if args.leader_elect {
             let identity = std::env::var("POD_NAME")
                 .unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
-            controller::leader::LeaderElector::new(client.clone(), &args.lease_namespace, &args.lease_name, identity)
-        });
-        if let Some(e) = &elector {
+            let mut elector = controller::leader::LeaderElector::new(
+                clients.lease.clone(),
+                &args.lease_namespace,
+                &args.lease_name,
+                identity,
+                fence.clone(),
+                ready.clone(),
+                metrics.clone(),
+            );
             tracing::info!(lease = %args.lease_name, namespace = %args.lease_namespace, "waiting for leadership");
-            e.acquire().await.map_err(|e| e.to_string())?;
-        }
-        let opts = controller::RunOptions { concurrency: args.concurrency };
-        let clients = controller::Clients { watch: watch_client, request: client };
-        let run = controller::run(clients, metrics, ready, opts);
-        let result = match &elector {
-            Some(e) => tokio::select! {
-                r = run => r,
-                _ = e.keep_renewing() => Err(anyhow::anyhow!("lost leadership; exiting so a restart rejoins as a follower")),
-            },
-            None => run.await,
+            // Lead while holding the lease; follow (and stay up, ready and scrapable) after losing it.
+            loop {
+                tokio::select! {
+                    () = elector.acquire() => {}
+                    () = shutdown_signal() => break Ok(()),
+                }
+                let run = controller::run(controller_clients(), metrics.clone(), ready.clone(), opts());
+                tokio::select! {
+                    result = run => {
+                        elector.release().await;
+                        break result;
+                    }
+                    () = elector.hold() => {
+                        // The fence is closed already; dropping the controller cancels its work.
+                        ready.set(false);
+                    }
+                }
+            }
+        } else {
+            controller::run(controller_clients(), metrics, ready, opts()).await
         };
-        if let Some(e) = &elector {
-            e.release().await;
-        }
         server.abort();
         result.map_err(|e| e.to_string())
     })
+}
+
+/// SIGTERM or Ctrl-C (the controller has its own handler while it runs).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 fn hostname() -> String {
@@ -284,7 +352,12 @@ fn run_render(args: RenderArgs) -> Result<(), String> {
     }
     let spec: IstioInstallSpec = serde_json::from_value(spec)
         .map_err(|e| format!("the IstioInstall spec does not match the API: {e}"))?;
-    let validated = validate::validate(&spec).map_err(|e| e.to_string())?;
+    let policy = if args.allow_reserved_namespaces {
+        validate::Policy::allow_all()
+    } else {
+        validate::Policy::default()
+    };
+    let validated = validate::validate_with(&spec, &policy).map_err(|e| e.to_string())?;
     let name = args.name.or(file_name);
     let objects = render::render(&validated, name.as_deref()).map_err(|e| e.to_string())?;
     match args.output {

@@ -14,7 +14,7 @@
 use crate::api::IstioInstallStatus;
 use crate::bundle::Release;
 use crate::plan::Step;
-use crate::validate::{ComponentKind, ValidatedInstall};
+use crate::validate::ValidatedInstall;
 
 /// Where the installed release is going.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,15 +216,7 @@ pub fn order_steps(steps: &mut [Step], direction: &Direction) {
     if !matches!(direction, Direction::Downgrade { .. }) {
         return;
     }
-    let rank = |kind: ComponentKind| match kind {
-        ComponentKind::Base => 0,
-        ComponentKind::IngressGateway | ComponentKind::EgressGateway => 1,
-        ComponentKind::Ztunnel => 2,
-        ComponentKind::Cni => 3,
-        ComponentKind::Pilot => 4,
-        ComponentKind::Waypoints => 5,
-    };
-    steps.sort_by_key(|s| rank(s.component));
+    steps.sort_by_key(|s| s.component.downgrade_rank());
 }
 
 #[cfg(test)]

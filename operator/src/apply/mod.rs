@@ -15,76 +15,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Kinds the operator renders, with their API resource, so the common path needs no discovery.
-const KNOWN: &[(&str, &str, &str)] = &[
-    (
-        "apiextensions.k8s.io/v1",
-        "CustomResourceDefinition",
-        "customresourcedefinitions",
-    ),
-    ("v1", "Namespace", "namespaces"),
-    ("v1", "ServiceAccount", "serviceaccounts"),
-    ("v1", "ConfigMap", "configmaps"),
-    ("v1", "Secret", "secrets"),
-    ("v1", "Service", "services"),
-    ("v1", "Endpoints", "endpoints"),
-    ("v1", "ResourceQuota", "resourcequotas"),
-    ("apps/v1", "Deployment", "deployments"),
-    ("apps/v1", "DaemonSet", "daemonsets"),
-    (
-        "autoscaling/v2",
-        "HorizontalPodAutoscaler",
-        "horizontalpodautoscalers",
-    ),
-    ("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-    (
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRole",
-        "clusterroles",
-    ),
-    (
-        "rbac.authorization.k8s.io/v1",
-        "ClusterRoleBinding",
-        "clusterrolebindings",
-    ),
-    ("rbac.authorization.k8s.io/v1", "Role", "roles"),
-    (
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        "rolebindings",
-    ),
-    (
-        "admissionregistration.k8s.io/v1",
-        "MutatingWebhookConfiguration",
-        "mutatingwebhookconfigurations",
-    ),
-    (
-        "admissionregistration.k8s.io/v1",
-        "ValidatingWebhookConfiguration",
-        "validatingwebhookconfigurations",
-    ),
-    (
-        "admissionregistration.k8s.io/v1",
-        "ValidatingAdmissionPolicy",
-        "validatingadmissionpolicies",
-    ),
-    (
-        "admissionregistration.k8s.io/v1",
-        "ValidatingAdmissionPolicyBinding",
-        "validatingadmissionpolicybindings",
-    ),
-];
-
-/// Kinds that may be absent from a cluster (found by discovery when they are served).
-const OPTIONAL: &[(&str, &str)] = &[("gateway.networking.k8s.io/v1", "Gateway")];
-
-/// Kinds listed when pruning and uninstalling (everything we may have created but CRDs).
+/// Kinds listed when pruning and uninstalling (everything we may have created but CRDs and
+/// namespaces).
 pub fn prunable_kinds() -> impl Iterator<Item = (&'static str, &'static str)> {
-    KNOWN
-        .iter()
-        .filter(|(_, k, _)| !matches!(*k, "CustomResourceDefinition" | "Namespace"))
-        .map(|(v, k, _)| (*v, *k))
-        .chain(OPTIONAL.iter().copied())
+    crate::kinds::prunable().map(|k| (k.api_version, k.kind))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +79,17 @@ pub struct Applier {
 
 impl Applier {
     pub fn new(client: Client) -> Applier {
-        let resources = KNOWN
+        // The table's kinds need no discovery; optional ones are looked up, since their CRD
+        // may be missing (then the kind is reported as not served).
+        let resources = crate::kinds::KINDS
             .iter()
-            .map(|(v, k, plural)| ((v.to_string(), k.to_string()), resource(v, k, plural)))
+            .filter(|k| !k.optional)
+            .map(|k| {
+                (
+                    (k.api_version.to_string(), k.kind.to_string()),
+                    resource(k.api_version, k.kind, k.plural),
+                )
+            })
             .collect();
         Applier {
             client,
@@ -221,6 +163,29 @@ impl Applier {
         Ok(serde_json::to_value(out).expect("objects serialize"))
     }
 
+    /// Takes the owner reference to `owner_uid` off a live object (the rest of it stays as it
+    /// is); the resourceVersion makes it fail rather than clobber a concurrent change.
+    pub async fn release(&self, live: &Value, owner_uid: &str) -> Result<(), ApplyError> {
+        let key = ObjectKey::of(live);
+        let api = self.api(&key).await?;
+        let refs: Vec<&Value> = live["metadata"]["ownerReferences"]
+            .as_array()
+            .map(|refs| refs.iter().filter(|r| r["uid"] != owner_uid).collect())
+            .unwrap_or_default();
+        let patch = serde_json::json!({"metadata": {
+            "ownerReferences": refs,
+            "resourceVersion": live["metadata"]["resourceVersion"],
+        }});
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| ApplyError::Kube {
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
     /// Deletes an object (background propagation); a missing object is not an error.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), ApplyError> {
         let api = self.api(key).await?;
@@ -276,6 +241,11 @@ impl Applier {
     pub async fn serves(&self, api_version: &str, kind: &str) -> bool {
         self.resource_for(api_version, kind).await.is_ok()
     }
+}
+
+/// The API resource of a row of the table of kinds.
+pub fn api_resource(kind: &crate::kinds::Kind) -> ApiResource {
+    resource(kind.api_version, kind.kind, kind.plural)
 }
 
 fn resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {

@@ -15,26 +15,18 @@ use crate::api::{
 };
 use crate::apply::{Applier, ApplyError};
 use crate::plan::conflict::{Claimant, claims, find_conflict};
+use crate::plan::ownership::{self, OtherInstall};
 use crate::plan::{self, Health, ObjectKey, Owner, Plan, Step};
 use crate::render::waypoints::{self, ENROLLED_BY_LABEL};
-use crate::render::{self, INSTALL_LABEL, RenderedObject};
+use crate::render::{self, INSTALL_LABEL};
 use crate::status::{self, ComponentReport, Outcome, State};
-use crate::telemetry::{ComponentLabels, ErrorLabels, Metrics, ReconcileTimer};
+use crate::telemetry::{ApiHealth, ComponentLabels, ErrorLabels, Fault, Metrics, ReconcileTimer};
 use crate::upgrade::{self, Direction};
 use crate::validate::{self, ComponentKind, ValidatedInstall};
 use events::{EventType, EventWriter};
 use futures::StreamExt;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
-};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -64,8 +56,11 @@ pub struct Context {
     pub events: EventWriter,
     pub metrics: Arc<Metrics>,
     pub installs: Store<IstioInstall>,
+    pub policy: validate::Policy,
     /// Consecutive failures per install, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// How the API server has been answering this controller's requests.
+    api_health: ApiHealth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +69,9 @@ pub enum Error {
     Apply(#[from] ApplyError),
     #[error("{0}")]
     Kube(#[from] kube::Error),
+    /// A bug met by this install's input; reported, never fatal to the process.
+    #[error("internal error (please report it): {0}")]
+    Panic(String),
 }
 
 impl Error {
@@ -84,6 +82,7 @@ impl Error {
             Error::Apply(ApplyError::UnknownKind(_)) => "unknown-kind",
             Error::Apply(_) => "apply",
             Error::Kube(_) => "kube",
+            Error::Panic(_) => "panic",
         }
     }
 }
@@ -97,7 +96,28 @@ fn owner_of(ii: &IstioInstall) -> Owner {
     }
 }
 
+/// One reconcile, with a panic caught and turned into an error of this install: whatever one
+/// IstioInstall holds, the others go on being reconciled.
 async fn reconcile(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(reconcile_one(ii.clone(), ctx))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            tracing::error!(install = %ii.name_any(), panic = %what, "reconcile panicked; retried with backoff");
+            Err(Error::Panic(what))
+        }
+    }
+}
+
+async fn reconcile_one(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ReconcileTimer::start(&ctx.metrics);
     let result = if ii.metadata.deletion_timestamp.is_some() {
         uninstall::run(&ii, &ctx).await
@@ -109,8 +129,35 @@ async fn reconcile(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Action, E
             .lock()
             .expect("not poisoned")
             .remove(&ii.name_any());
+    } else if let Some(fault) = ctx.api_health.lasting_fault(API_FAULT_SHOWN_AFTER) {
+        api_fault(&ii, &ctx, fault).await;
     }
     result
+}
+
+/// Requests that keep failing (429, 5xx, no answer) for this long are said in the status.
+const API_FAULT_SHOWN_AFTER: Duration = Duration::from_secs(15);
+
+/// Says in `Reconciling` why the install waits when the API server keeps failing our requests
+/// (the logs alone would leave `kubectl get ii` silent). Best effort: the status write may
+/// fail for the same reason.
+async fn api_fault(ii: &IstioInstall, ctx: &Context, fault: Fault) {
+    let reason = if fault.throttled() {
+        "APIThrottled"
+    } else {
+        "APIUnavailable"
+    };
+    let outcome = Outcome {
+        state: State::Progressing {
+            reason: reason.into(),
+            message: format!("{fault}; retrying with backoff"),
+        },
+        desired_version: ii.status.as_ref().and_then(|s| s.desired_version.clone()),
+        components: vec![],
+    };
+    if let Err(e) = finish(ii, ctx, outcome).await {
+        tracing::debug!(install = %ii.name_any(), error = %e, "could not report the API fault in the status");
+    }
 }
 
 async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
@@ -124,7 +171,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         return paused(ii, ctx).await;
     }
 
-    let validated = match validate::validate(&ii.spec) {
+    let validated = match validate::validate_with(&ii.spec, &ctx.policy) {
         Ok(v) => v,
         Err(e) => {
             stall(ii, ctx, "InvalidSpec", e.to_string(), None).await?;
@@ -156,7 +203,11 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     let mut rendered = match render::render(&validated, Some(&name)) {
         Ok(r) => r,
         Err(e) => {
-            stall(ii, ctx, "RenderFailed", e.to_string(), desired_version).await?;
+            let reason = match e {
+                render::RenderError::Boundary { .. } => "Refused",
+                _ => "RenderFailed",
+            };
+            stall(ii, ctx, reason, e.to_string(), desired_version).await?;
             return Ok(Action::await_change());
         }
     };
@@ -165,8 +216,8 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
             .applier
             .serves("gateway.networking.k8s.io/v1", "Gateway")
             .await;
-    if gateway_api {
-        rendered.extend(waypoint_objects(&ii.spec.waypoints, &validated, &name));
+    if !gateway_api {
+        rendered.retain(|r| r.component != ComponentKind::Waypoints);
     }
     let mut plan = plan::plan(rendered, &owner_of(ii));
     upgrade::order_steps(&mut plan.steps, &preflight.direction);
@@ -189,6 +240,27 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
             Ok(p) => p,
             Err(e) => {
                 let (state, result) = step_failure(e, &step.component_name);
+                // The failed component and those after it keep the versions the status had:
+                // the next reconcile must decide the order from what was really applied.
+                let message = match &state {
+                    State::Progressing { message, .. } | State::Stalled { message, .. } => {
+                        message.clone()
+                    }
+                    _ => String::new(),
+                };
+                let failed_at = components.len();
+                for (i, rest) in plan.steps[failed_at..].iter().enumerate() {
+                    components.push(ComponentReport {
+                        name: rest.component_name.clone(),
+                        version: None,
+                        ready: false,
+                        message: Some(if i == 0 {
+                            message.clone()
+                        } else {
+                            format!("waiting for {}", step.component_name)
+                        }),
+                    });
+                }
                 finish(
                     ii,
                     ctx,
@@ -311,13 +383,15 @@ async fn announce(
         Direction::Upgrade { from } => Some((
             "Upgrading",
             format!(
-                "upgrading in place from {from} to {to}: istiod first, then istio-cni, ztunnel and the gateways, each once the one before is rolled out"
+                "upgrading in place from {from} to {to}: {}, each once the one before is rolled out",
+                ComponentKind::order_in_words(false).join(", ")
             ),
         )),
         Direction::Downgrade { from } => Some((
             "Downgrading",
             format!(
-                "downgrading in place from {from} to {to}: the gateways, ztunnel and istio-cni first, istiod last, so that the data plane is never newer than the control plane"
+                "downgrading in place from {from} to {to}: {}, so that the data plane is never newer than the control plane",
+                ComponentKind::order_in_words(true).join(", ")
             ),
         )),
         _ => None,
@@ -331,27 +405,6 @@ async fn announce(
 }
 
 const MISSING_GATEWAY_API: &str = "spec.waypoints needs the Gateway API CRDs (gateways.gateway.networking.k8s.io), which are not installed; install the Gateway API standard channel (v1.2.1 for Istio 1.24, v1.1.0 for 1.23) or remove spec.waypoints";
-
-fn waypoint_objects(
-    waypoints: &[Waypoint],
-    v: &ValidatedInstall,
-    owner: &str,
-) -> Vec<RenderedObject> {
-    waypoints
-        .iter()
-        .map(|w| {
-            let mut object = waypoints::gateway(w, &v.revision);
-            object["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!(MANAGER);
-            object["metadata"]["labels"][render::COMPONENT_LABEL] = json!("waypoints");
-            object["metadata"]["labels"][INSTALL_LABEL] = json!(owner);
-            RenderedObject {
-                component: ComponentKind::Waypoints,
-                component_name: "waypoints".into(),
-                object,
-            }
-        })
-        .collect()
-}
 
 /// Stops at an install-wide problem that needs a change of spec or cluster; components keep
 /// the status they had.
@@ -382,6 +435,15 @@ async fn stall(
 /// the API server stalls it (retried now and then); anything else is retried with backoff.
 fn step_failure(e: StepError, component: &str) -> (State, Result<Action, Error>) {
     match e {
+        // Later components are not touched until this one recovers; the watch on the
+        // workload brings the install back when it does.
+        StepError::RolloutFailed(message) => (
+            State::Stalled {
+                reason: "RolloutFailed".into(),
+                message: format!("component {component}: {message}"),
+            },
+            Ok(Action::requeue(WHEN_BLOCKED)),
+        ),
         StepError::Blocked(message) => (
             State::Stalled {
                 reason: "ObjectConflict".into(),
@@ -414,6 +476,8 @@ fn step_failure(e: StepError, component: &str) -> (State, Result<Action, Error>)
 enum StepError {
     /// The object exists and belongs to someone else.
     Blocked(String),
+    /// A rollout of this component will not finish without a change (its message).
+    RolloutFailed(String),
     Api(ApplyError),
 }
 
@@ -435,20 +499,21 @@ async fn apply_step(
     let keys: Vec<ObjectKey> = step.keys().collect();
     let lives = futures::future::try_join_all(keys.iter().map(|k| ctx.applier.get(k))).await?;
     for ((desired, key), live) in step.objects.iter().zip(keys).zip(lives) {
-        if let Some(live) = &live {
-            // Another install's object blocks us only while that install still renders it:
-            // what an uninstalled one left behind on purpose (CRDs) is adopted, and so is what
-            // another one let go of (a revision tag moved from one install to the other).
-            let holder = live["metadata"]["labels"][INSTALL_LABEL].as_str();
-            if let Some(holder) = holder.filter(|h| *h != install)
-                && let Some(other) = ctx.installs.get(&ObjectRef::new(holder))
-                && rendered_keys(&other).contains(&key)
-            {
-                return Err(StepError::Blocked(format!(
-                    "{key} is managed by IstioInstall {holder}; remove it from one of the two installs"
-                )));
+        // What an uninstalled install left behind on purpose (CRDs) is adopted, and so is what
+        // another one let go of (a revision tag moved from one install to the other); what no
+        // Istio install made is never taken over.
+        let other = |holder: &str| match ctx.installs.get(&ObjectRef::new(holder)) {
+            Some(o) if o.metadata.deletion_timestamp.is_none() => {
+                match rendered_keys(&o, &ctx.policy) {
+                    Some(keys) if keys.contains(&key) => OtherInstall::Renders,
+                    Some(_) => OtherInstall::LetGo,
+                    None => OtherInstall::Unknown,
+                }
             }
-        }
+            _ => OtherInstall::Absent,
+        };
+        ownership::may_write(live.as_ref(), install, other)
+            .map_err(|why| StepError::Blocked(format!("{key} {why}")))?;
         let mut desired = desired.clone();
         plan::yield_co_owned(&mut desired, live.as_ref());
         let current = match live {
@@ -463,8 +528,12 @@ async fn apply_step(
                 ctx.applier.apply(&desired).await?
             }
         };
-        if let Health::Progressing(m) = plan::health(&current) {
-            waiting.get_or_insert(m);
+        match plan::health(&current) {
+            Health::Ready => {}
+            Health::Progressing(m) => {
+                waiting.get_or_insert(m);
+            }
+            Health::Failed(m) => return Err(StepError::RolloutFailed(m)),
         }
     }
     Ok(waiting)
@@ -490,8 +559,11 @@ async fn ensure_namespaces(plan: &Plan, ctx: &Context) -> Result<(), Error> {
     Ok(())
 }
 
-async fn list_owned(install: &str, ctx: &Context) -> Result<Vec<Value>, Error> {
-    let selector = format!("{MANAGED_SELECTOR},{INSTALL_LABEL}={install}");
+/// The live objects this install owns: labelled as its own *and* pointing at its UID (labels
+/// alone can be copied onto anyone's object).
+async fn list_owned(ii: &IstioInstall, ctx: &Context) -> Result<Vec<Value>, Error> {
+    let uid = ii.uid().unwrap_or_default();
+    let selector = format!("{MANAGED_SELECTOR},{INSTALL_LABEL}={}", ii.name_any());
     let selector = selector.as_str();
     let lists = futures::future::join_all(
         crate::apply::prunable_kinds().map(|(api_version, kind)| async move {
@@ -501,29 +573,31 @@ async fn list_owned(install: &str, ctx: &Context) -> Result<Vec<Value>, Error> {
     .await;
     let mut out = Vec::new();
     for (kind, list) in lists {
+        // A list that fails (forbidden included) is an error: reading it as "nothing owned"
+        // would end an uninstall with objects left behind.
         match list {
             Ok(items) => out.extend(items),
-            Err(e) if e.is_forbidden() => tracing::debug!(kind, "not allowed to list; skipped"),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(kind, error = %e, "cannot list owned objects");
+                return Err(e.into());
+            }
         }
     }
+    out.retain(|o| {
+        o["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()))
+    });
     Ok(out)
 }
 
-/// Install order of a component label value; unknown names are gateways.
+/// Install order of a component label value (unknown names are gateways).
 pub(crate) fn component_rank(component: &str) -> usize {
-    match component {
-        "base" => 0,
-        "pilot" => 1,
-        "cni" => 2,
-        "ztunnel" => 3,
-        "waypoints" => 5,
-        _ => 4,
-    }
+    ComponentKind::from_label(component).install_rank()
 }
 
 async fn prune(plan: &Plan, ii: &IstioInstall, ctx: &Context) -> Result<(), Error> {
-    let live = list_owned(&ii.name_any(), ctx).await?;
+    let live = list_owned(ii, ctx).await?;
     let mut doomed = plan::prune_set(plan, &live, &ii.uid().unwrap_or_default());
     doomed.sort_by_key(|o| {
         std::cmp::Reverse(component_rank(
@@ -591,14 +665,16 @@ async fn paused(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// The keys of the objects an install renders now (none when its spec does not validate).
-fn rendered_keys(ii: &IstioInstall) -> std::collections::HashSet<ObjectKey> {
-    let Ok(v) = validate::validate(&ii.spec) else {
-        return Default::default();
-    };
+/// The keys of the objects an install renders now; `None` when its spec does not validate or
+/// render (then it keeps what it holds).
+fn rendered_keys(
+    ii: &IstioInstall,
+    policy: &validate::Policy,
+) -> Option<std::collections::HashSet<ObjectKey>> {
+    let v = validate::validate_with(&ii.spec, policy).ok()?;
     render::render(&v, ii.metadata.name.as_deref())
+        .ok()
         .map(|objects| objects.iter().map(|o| ObjectKey::of(&o.object)).collect())
-        .unwrap_or_default()
 }
 
 /// Objects other installs (not being deleted) render, by key → install name.
@@ -609,7 +685,7 @@ fn wanted_by_others(ii: &IstioInstall, ctx: &Context) -> HashMap<ObjectKey, Stri
         if other.name_any() == me || other.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        for key in rendered_keys(&other) {
+        for key in rendered_keys(&other, &ctx.policy).unwrap_or_default() {
             wanted.insert(key, other.name_any());
         }
     }
@@ -672,7 +748,7 @@ fn conflict(ii: &IstioInstall, v: &ValidatedInstall, ctx: &Context) -> Option<St
         .iter()
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .filter_map(|o| {
-            let v = validate::validate(&o.spec).ok()?;
+            let v = validate::validate_with(&o.spec, &ctx.policy).ok()?;
             Some(Claimant {
                 name: o.metadata.name.as_deref().unwrap_or_default(),
                 created: created(o),
@@ -802,16 +878,20 @@ fn by_install_label<K: Resource>(obj: K) -> Option<ObjectRef<IstioInstall>> {
 /// Options of `run`.
 pub struct RunOptions {
     pub concurrency: u16,
+    /// What installs may do beyond the defaults (reserved namespaces).
+    pub policy: validate::Policy,
 }
 
 /// How long a request (anything but a watch) may wait for the API server's answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The operator's API clients: one for watches (no read timeout: they stream), one for every
-/// other request (read timeout [`REQUEST_TIMEOUT`]).
+/// The operator's API clients (`crate::client`): one for watches (no read timeout: they stream),
+/// one for every other request (read timeout [`REQUEST_TIMEOUT`], writes fenced by leader
+/// election), and the record of how the API server answers the latter.
 pub struct Clients {
     pub watch: Client,
     pub request: Client,
+    pub request_health: ApiHealth,
 }
 
 /// Runs the controller until a shutdown signal. `ready` is set once the watches have synced.
@@ -824,6 +904,7 @@ pub async fn run(
     let Clients {
         watch: client,
         request,
+        request_health,
     } = clients;
     let installs: Api<IstioInstall> = Api::all(client.clone());
     if let Err(e) = installs
@@ -847,30 +928,25 @@ pub async fn run(
         events: EventWriter::new(request, MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
         installs: store.clone(),
+        policy: opts.policy,
         failures: Mutex::new(HashMap::new()),
+        api_health: request_health,
     });
-    macro_rules! watch_meta {
-        ($c:expr, $($k:ty),+) => {
-            $c$(.watches(Api::<PartialObjectMeta<$k>>::all(client.clone()), wc(), by_install_label))+
-        };
+    // One metadata watch per kind of the table that the API server serves (an optional kind
+    // whose CRD is missing is skipped; the periodic recheck covers what it would have woken).
+    let mut controller = controller;
+    for kind in crate::kinds::watched() {
+        let ar = crate::apply::api_resource(kind);
+        if kind.optional && !ctx.applier.serves(kind.api_version, kind.kind).await {
+            tracing::info!(
+                kind = kind.kind,
+                "not served by the API server; not watched"
+            );
+            continue;
+        }
+        let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar);
+        controller = controller.watches_with(api, ar, wc(), by_install_label);
     }
-    let controller = watch_meta!(
-        controller,
-        Deployment,
-        DaemonSet,
-        Service,
-        ServiceAccount,
-        ConfigMap,
-        HorizontalPodAutoscaler,
-        PodDisruptionBudget,
-        Role,
-        RoleBinding,
-        ClusterRole,
-        ClusterRoleBinding,
-        MutatingWebhookConfiguration,
-        ValidatingWebhookConfiguration,
-        CustomResourceDefinition
-    );
     let readiness = {
         let store = store.clone();
         async move {

@@ -7,8 +7,8 @@
 
 use super::events::EventType;
 use super::{Context, Error, FINALIZER, component_rank, enrol_namespaces, finish, list_owned};
-use crate::api::IstioInstall;
-use crate::plan::ObjectKey;
+use crate::api::{IGNORE_ANNOTATION, IstioInstall};
+use crate::plan::{ObjectKey, is_ignored};
 use crate::render::COMPONENT_LABEL;
 use crate::status::{Outcome, State};
 use kube::ResourceExt;
@@ -21,11 +21,29 @@ pub(super) async fn run(ii: &IstioInstall, ctx: &Context) -> Result<Action, Erro
     if !ii.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let owned: Vec<_> = list_owned(&ii.name_any(), ctx)
-        .await?
+    let owned = match list_owned(ii, ctx).await {
+        Ok(owned) => owned,
+        Err(e) => {
+            // Nothing is deleted and the finalizer stays: an unreadable kind is not an empty one.
+            let outcome = Outcome {
+                state: State::Stalled {
+                    reason: "UninstallBlocked".into(),
+                    message: format!(
+                        "cannot list what the install owns, so the uninstall waits (the finalizer {FINALIZER} stays): {e}"
+                    ),
+                },
+                desired_version: None,
+                components: vec![],
+            };
+            finish(ii, ctx, outcome).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    // Objects marked to be left alone stay, and so do those already on their way out.
+    let (kept, owned): (Vec<_>, Vec<_>) = owned
         .into_iter()
         .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
-        .collect();
+        .partition(is_ignored);
     let component = |o: &serde_json::Value| {
         o["metadata"]["labels"][COMPONENT_LABEL]
             .as_str()
@@ -54,6 +72,15 @@ pub(super) async fn run(ii: &IstioInstall, ctx: &Context) -> Result<Action, Erro
         };
         finish(ii, ctx, outcome).await?;
         return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // A kept object loses its owner reference, or the garbage collector would delete it once
+    // the IstioInstall is gone.
+    let uid = ii.uid().unwrap_or_default();
+    for o in &kept {
+        let key = ObjectKey::of(o);
+        tracing::info!(object = %key, "kept (annotation {IGNORE_ANNOTATION}); releasing it");
+        ctx.metrics.writes.inc();
+        ctx.applier.release(o, &uid).await?;
     }
     enrol_namespaces(&[], &ii.name_any(), ctx).await?;
     let api: Api<IstioInstall> = Api::all(ctx.applier.client().clone());

@@ -7,6 +7,9 @@ pub enum Health {
     Ready,
     /// Not ready yet; the message says what is awaited.
     Progressing(String),
+    /// Will not become ready without a change: a rollout past its progress deadline. The
+    /// message is the rollout's own.
+    Failed(String),
 }
 
 fn int(v: &Value) -> i64 {
@@ -27,8 +30,10 @@ pub fn health(live: &Value) -> Health {
     let status = &live["status"];
     let generation = int(&live["metadata"]["generation"]);
     let observed = int(&status["observedGeneration"]);
-    match kind {
-        "CustomResourceDefinition" => {
+    use crate::kinds::HealthRule;
+    let rule = crate::kinds::lookup(kind).map_or(HealthRule::Exists, |k| k.health);
+    match rule {
+        HealthRule::Established => {
             let established = status["conditions"].as_array().is_some_and(|c| {
                 c.iter()
                     .any(|c| c["type"] == "Established" && c["status"] == "True")
@@ -39,7 +44,22 @@ pub fn health(live: &Value) -> Health {
                 Health::Progressing(format!("{name} is not established yet"))
             }
         }
-        "Deployment" => {
+        HealthRule::DeploymentRollout => {
+            let deadline_exceeded = status["conditions"].as_array().and_then(|c| {
+                c.iter().find(|c| {
+                    c["type"] == "Progressing"
+                        && c["status"] == "False"
+                        && c["reason"] == "ProgressDeadlineExceeded"
+                })
+            });
+            if let Some(c) = deadline_exceeded
+                && observed >= generation
+            {
+                return Health::Failed(format!(
+                    "{name} cannot roll out: {}",
+                    c["message"].as_str().unwrap_or("ProgressDeadlineExceeded")
+                ));
+            }
             if observed < generation {
                 return Health::Progressing(format!(
                     "{name}: the controller has not seen generation {generation} yet"
@@ -64,7 +84,7 @@ pub fn health(live: &Value) -> Health {
                 Health::Ready
             }
         }
-        "DaemonSet" => {
+        HealthRule::DaemonSetRollout => {
             if observed < generation {
                 return Health::Progressing(format!(
                     "{name}: the controller has not seen generation {generation} yet"
@@ -83,7 +103,7 @@ pub fn health(live: &Value) -> Health {
                 Health::Ready
             }
         }
-        "Gateway" => {
+        HealthRule::Programmed => {
             let programmed = status["conditions"].as_array().is_some_and(|c| {
                 c.iter()
                     .any(|c| c["type"] == "Programmed" && c["status"] == "True")
@@ -94,6 +114,6 @@ pub fn health(live: &Value) -> Health {
                 Health::Progressing(format!("{name} is not programmed yet"))
             }
         }
-        _ => Health::Ready,
+        HealthRule::Exists => Health::Ready,
     }
 }

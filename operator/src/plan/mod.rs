@@ -12,6 +12,7 @@
 mod compare;
 pub mod conflict;
 mod health;
+pub mod ownership;
 
 pub use compare::{needs_write, quantity_value};
 pub use health::{Health, health};

@@ -133,3 +133,21 @@ fn values_the_server_omits_need_no_write() {
         Some(&json!({"env": [{"name": "PLATFORM"}]}))
     ));
 }
+
+#[test]
+fn a_rollout_past_its_deadline_has_failed_with_its_own_message() {
+    let mut d = json!({"kind": "Deployment", "metadata": {"name": "istiod", "namespace": "istio-system", "generation": 3},
+        "spec": {"replicas": 1}, "status": {"observedGeneration": 3, "updatedReplicas": 1, "replicas": 2, "availableReplicas": 1,
+        "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"istiod-5d9\" has timed out progressing."}]}});
+    assert_eq!(
+        health(&d),
+        Health::Failed(
+            "Deployment istio-system/istiod cannot roll out: ReplicaSet \"istiod-5d9\" has timed out progressing."
+                .into()
+        )
+    );
+    // A new generation the controller has not seen yet is a new rollout, not a failed one.
+    d["metadata"]["generation"] = json!(4);
+    assert!(matches!(health(&d), Health::Progressing(_)));
+}

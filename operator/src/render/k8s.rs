@@ -129,9 +129,17 @@ pub(super) fn apply_overrides(
                     o.kind, o.name
                 )
             })?;
-        for p in &o.patches {
-            overlay::apply_patch(target, &p.path, p.value.as_ref())
-                .map_err(|e| format!("overlays[{} {}]: {e}", o.kind, o.name))?;
+        // Checked after each patch, so a refusal names the patch that made it.
+        for (i, p) in o.patches.iter().enumerate() {
+            super::boundary::check_overlay(target, |target| {
+                overlay::apply_patch(target, &p.path, p.value.as_ref())
+            })
+            .map_err(|e| {
+                format!(
+                    "overlays[{} {}].patches[{i}] (path {:?}): {e}",
+                    o.kind, o.name, p.path
+                )
+            })?;
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! order. Pure. Templates produce text once; everything after (namespaces, labels, Kubernetes
 //! overrides, overlays, ordering) works on structured objects.
 
+pub mod boundary;
 mod emit_yaml;
 mod k8s;
 mod template_yaml;
@@ -55,52 +56,19 @@ pub enum RenderError {
     Yaml { template: String, message: String },
     #[error("spec.components.{component}.k8s: {message}")]
     Override { component: String, message: String },
+    /// An object outside what an Istio install may write (see [`boundary`]).
+    #[error(
+        "refused by the security boundary: component {component}: {object}: {field}: {message}"
+    )]
+    Boundary {
+        component: String,
+        object: String,
+        field: String,
+        message: String,
+    },
 }
 
-/// Kinds that are cluster-scoped (they get no namespace).
-pub fn is_cluster_scoped(kind: &str) -> bool {
-    matches!(
-        kind,
-        "ClusterRole"
-            | "ClusterRoleBinding"
-            | "CustomResourceDefinition"
-            | "MutatingWebhookConfiguration"
-            | "ValidatingWebhookConfiguration"
-            | "ValidatingAdmissionPolicy"
-            | "ValidatingAdmissionPolicyBinding"
-            | "Namespace"
-            | "PriorityClass"
-            | "GatewayClass"
-    )
-}
-
-/// Apply order within a component: what others refer to goes first, webhooks last (they point
-/// at a Service that must be serving).
-fn kind_rank(kind: &str) -> usize {
-    const ORDER: &[&str] = &[
-        "CustomResourceDefinition",
-        "Namespace",
-        "ResourceQuota",
-        "ServiceAccount",
-        "Secret",
-        "ConfigMap",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-        "Service",
-        "Endpoints",
-        "DaemonSet",
-        "Deployment",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-        "MutatingWebhookConfiguration",
-        "ValidatingWebhookConfiguration",
-    ];
-    ORDER.iter().position(|k| *k == kind).unwrap_or(ORDER.len())
-}
+pub use crate::kinds::is_cluster_scoped;
 
 fn environment() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
@@ -210,42 +178,18 @@ pub fn render(
     owner: Option<&str>,
 ) -> Result<Vec<RenderedObject>, RenderError> {
     let env = environment();
-    let bundle = install.bundle();
     let mut out = Vec::new();
     let values = minijinja::Value::from(Serde(&install.values));
     for component in &install.components {
-        let dir = format!("templates/{}/", component.kind.template_dir());
-        let ctx = context(install, component, &values);
-        let mut objects = Vec::new();
-        for (path, _) in bundle.files_under(&dir) {
-            if path.contains("/files/") || !path.ends_with(".yaml") {
-                continue;
-            }
-            let name = format!("{}/{path}", bundle.minor);
-            let tmpl = env
-                .get_template(&name)
-                .map_err(|e| template_error(&name, &e))?;
-            EMITTED.with_borrow_mut(Vec::clear);
-            let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
-            let documents = split_documents(&text).map(|doc| {
-                parse_document(doc).map_err(|message| RenderError::Yaml {
-                    template: name.clone(),
-                    message,
-                })
-            });
-            let emitted = EMITTED.take().into_iter().map(|object| {
-                serde_json::to_value(&object).map_err(|e| RenderError::Yaml {
-                    template: name.clone(),
-                    message: format!("emit(...): {e}"),
-                })
-            });
-            for value in documents.chain(emitted) {
-                let value = value?;
-                if value.as_object().is_some_and(|o| o.contains_key("kind")) {
-                    objects.push(value);
-                }
-            }
-        }
+        let mut objects = if component.kind == ComponentKind::Waypoints {
+            install
+                .waypoints
+                .iter()
+                .map(|w| waypoints::gateway(w, &install.revision))
+                .collect()
+        } else {
+            render_templates(env, install, component, &values)?
+        };
         for obj in &mut objects {
             finish_metadata(obj, component, owner);
         }
@@ -255,14 +199,58 @@ pub fn render(
                 message,
             })?;
         }
-        objects.sort_by_key(|o| kind_rank(o["kind"].as_str().unwrap_or_default()));
+        objects.sort_by_key(|o| crate::kinds::apply_rank(o["kind"].as_str().unwrap_or_default()));
         out.extend(objects.into_iter().map(|object| RenderedObject {
             component: component.kind,
             component_name: component.name.clone(),
             object,
         }));
     }
+    boundary::check(&out, &install.namespaces(), owner)?;
     Ok(out)
+}
+
+/// The objects of one chart component's templates, as the templates wrote them.
+fn render_templates(
+    env: &Environment<'static>,
+    install: &ValidatedInstall,
+    component: &ValidatedComponent,
+    values: &minijinja::Value,
+) -> Result<Vec<Value>, RenderError> {
+    let bundle = install.bundle();
+    let dir = format!("templates/{}/", component.kind.template_dir());
+    let ctx = context(install, component, values);
+    let mut objects = Vec::new();
+    for (path, _) in bundle.files_under(&dir) {
+        if path.contains("/files/") || !path.ends_with(".yaml") {
+            continue;
+        }
+        let name = format!("{}/{path}", bundle.minor);
+        let tmpl = env
+            .get_template(&name)
+            .map_err(|e| template_error(&name, &e))?;
+        EMITTED.with_borrow_mut(Vec::clear);
+        let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
+        let documents = split_documents(&text).map(|doc| {
+            parse_document(doc).map_err(|message| RenderError::Yaml {
+                template: name.clone(),
+                message,
+            })
+        });
+        let emitted = EMITTED.take().into_iter().map(|object| {
+            serde_json::to_value(&object).map_err(|e| RenderError::Yaml {
+                template: name.clone(),
+                message: format!("emit(...): {e}"),
+            })
+        });
+        for value in documents.chain(emitted) {
+            let value = value?;
+            if value.as_object().is_some_and(|o| o.contains_key("kind")) {
+                objects.push(value);
+            }
+        }
+    }
+    Ok(objects)
 }
 
 /// The template context of one component. `values` is converted once per render and shared

@@ -1,5 +1,14 @@
 //! Operations: structured logs, Prometheus metrics, and the `/livez`, `/readyz`, `/metrics`
-//! endpoints (a tiny HTTP/1.1 responder: three GET routes do not need a web framework).
+//! endpoints (hyper's HTTP/1.1 server, already in the tree through kube).
+
+mod api_health;
+pub use api_health::{Answer, ApiHealth, Fault};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::StatusCode;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +19,6 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,6 +41,12 @@ pub struct Metrics {
     pub duration: Histogram,
     pub component_ready: Family<ComponentLabels, Gauge>,
     pub writes: Counter,
+    /// Write requests the client sent (every POST, PUT, PATCH and DELETE but the Lease's).
+    pub api_writes: Counter,
+    /// Writes refused because this replica's leadership was not confirmed (see `leader::Fence`).
+    pub fenced_writes: Counter,
+    /// 1 while this replica holds the leader-election lease (or runs without leader election).
+    pub leader: Gauge,
     /// Start times of the reconciles under way, for `/livez`.
     in_flight: std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
     next_reconcile: std::sync::atomic::AtomicU64,
@@ -53,6 +67,24 @@ impl Default for Metrics {
         ]);
         let component_ready = Family::<ComponentLabels, Gauge>::default();
         let writes = Counter::default();
+        let api_writes = Counter::default();
+        let fenced_writes = Counter::default();
+        let leader = Gauge::default();
+        registry.register(
+            "api_write_requests",
+            "Write requests sent to the API server, counted by the client (events included, the leader-election Lease not)",
+            api_writes.clone(),
+        );
+        registry.register(
+            "fenced_writes",
+            "Writes refused because this replica's leadership was not confirmed",
+            fenced_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (or runs without leader election)",
+            leader.clone(),
+        );
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -81,6 +113,9 @@ impl Default for Metrics {
             duration,
             component_ready,
             writes,
+            api_writes,
+            fenced_writes,
+            leader,
             in_flight: Default::default(),
             next_reconcile: Default::default(),
         }
@@ -146,59 +181,138 @@ impl Drop for ReconcileTimer<'_> {
     }
 }
 
-/// Shared readiness: set once the controller's watches have synced (and we lead).
+/// What leader election says about this replica, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Role {
+    /// No leader election: the only replica.
+    #[default]
+    Single,
+    /// Reading the Lease for the first time.
+    Starting,
+    Leading,
+    /// Another replica leads; this one stands by (and is ready: readiness never depends on
+    /// leadership, or a rolling update of the operator's Deployment could never make progress).
+    Following(String),
+    /// Leader election cannot make progress; the message names the problem and the fix.
+    Failing(String),
+}
+
+/// How long a watch may keep failing before `/readyz` says so.
+pub const WATCH_FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Shared readiness: the controller's watches have synced and none has been failing for longer
+/// than [`WATCH_FAILING_FOR`], and leader election works (leading or standing by).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Default)]
+struct ReadinessState {
+    synced: AtomicBool,
+    role: std::sync::Mutex<Role>,
+    watches: ApiHealth,
+}
 
 impl Readiness {
+    /// Whether the controller's watches have synced (reset when the controller stops).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst)
+        self.0.synced.store(ready, Ordering::SeqCst)
     }
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.check().is_ok()
+    }
+    pub fn set_role(&self, role: Role) {
+        *self.0.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+    pub fn role(&self) -> Role {
+        self.0
+            .role
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+    /// The record of the watch requests (fed by the watch client's layer).
+    pub fn watches(&self) -> &ApiHealth {
+        &self.0.watches
+    }
+
+    /// `Ok(what)` when ready, else `Err(why not)`.
+    pub fn check(&self) -> Result<String, String> {
+        let running = match self.role() {
+            Role::Failing(why) => return Err(why),
+            Role::Starting => return Err("reading the leader-election Lease".into()),
+            Role::Following(holder) => {
+                return Ok(format!("standing by; the leader is {holder}"));
+            }
+            Role::Single => "running",
+            Role::Leading => "leading",
+        };
+        if !self.0.synced.load(Ordering::SeqCst) {
+            return Err(format!("{running}; the watches have not synced yet"));
+        }
+        if let Some(fault) = self.0.watches.lasting_fault(WATCH_FAILING_FOR) {
+            return Err(format!("{running}; a watch is failing: {fault}"));
+        }
+        Ok(running.to_string())
     }
 }
 
-/// Serves `/livez`, `/readyz` and `/metrics` until the process ends.
-pub async fn serve(
-    addr: std::net::SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Readiness,
-) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /livez, /readyz and /metrics");
+fn respond(path: &str, metrics: &Metrics, ready: &Readiness) -> (StatusCode, String) {
+    match path {
+        "/livez" => match metrics.liveness(STUCK_AFTER) {
+            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        },
+        "/readyz" => match ready.check() {
+            Ok(what) => (StatusCode::OK, format!("ok: {what}\n")),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
+        "/metrics" => (StatusCode::OK, metrics.encode()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+    }
+}
+
+/// A connection is closed after this long whatever it does (a scraper reconnects).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(120);
+/// A client has this long to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `/livez`, `/readyz` and `/metrics` on `listener` until the process ends, with hyper's
+/// HTTP/1.1 server: each connection on its own task (a slow or stuck client holds only its own
+/// connection, and only until the header timeout), malformed requests get 400, keep-alive works.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Readiness) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /livez, /readyz and /metrics");
+    }
     loop {
-        let (mut conn, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait a little rather than spin or stop serving.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (metrics, ready) = (metrics.clone(), ready.clone());
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n =
-                match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (code, body) = match path {
-                "/livez" => match metrics.liveness(STUCK_AFTER) {
-                    Ok(()) => ("200 OK", "ok\n".to_string()),
-                    Err(why) => ("503 Service Unavailable", why),
-                },
-                "/readyz" if ready.get() => ("200 OK", "ok\n".to_string()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "watches not synced (or not the leader)\n".to_string(),
-                ),
-                "/metrics" => ("200 OK", metrics.encode()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {code}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (code, body) = respond(req.uri().path(), &metrics, &ready);
+            let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = code;
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
-            let _ = conn.write_all(response.as_bytes()).await;
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        });
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics connection"),
+                Ok(Ok(())) | Err(_) => {}
+            }
         });
     }
 }
@@ -233,5 +347,135 @@ mod tests {
         assert!(stuck.contains("the controller is stuck"), "{stuck}");
         drop(timer);
         assert!(metrics.liveness(Duration::ZERO).is_ok(), "finished");
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// Reads one HTTP/1.1 response (headers and a content-length body) from `s`.
+    async fn read_response(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let n = s.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                return String::from_utf8_lossy(&buf).to_string();
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        read_response(&mut s).await
+    }
+
+    #[tokio::test]
+    async fn slow_and_malformed_clients_cannot_block_the_endpoints() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let metrics = Arc::new(Metrics::default());
+        let ready = Readiness::default();
+        let server = tokio::spawn(serve(listener, metrics, ready));
+        // Bounds the test, not the server's speed: a blocked endpoint fails instead of hanging.
+        let bound = Duration::from_secs(20);
+
+        // Clients that connect and stall mid-request, and one that never sends anything.
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET /livez HTTP/1.1\r\nhost:")
+                .await
+                .expect("write");
+            stalled.push(s);
+        }
+        stalled.push(TcpStream::connect(addr).await.expect("connect"));
+
+        // Garbage gets 400, not a hang and not a 404 guessed from it.
+        let mut bad = TcpStream::connect(addr).await.expect("connect");
+        bad.write_all(b"\x16\x03\x01\x00\xa5garbage\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = tokio::time::timeout(bound, read_response(&mut bad))
+            .await
+            .expect("an answer to garbage");
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+        let livez = tokio::time::timeout(bound, get(addr, "/livez"))
+            .await
+            .expect("/livez answers while others stall");
+        assert!(
+            livez.starts_with("HTTP/1.1 200") && livez.ends_with("ok\n"),
+            "{livez}"
+        );
+        let metrics_page = tokio::time::timeout(bound, get(addr, "/metrics"))
+            .await
+            .expect("/metrics answers while others stall");
+        assert!(
+            metrics_page.contains("istio_install_operator_reconciles_total"),
+            "{metrics_page}"
+        );
+
+        // A request that arrives in pieces is still one request.
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        for piece in ["GET /li", "vez HTTP/1.1\r\nho", "st: x\r\n", "\r\n"] {
+            slow.write_all(piece.as_bytes()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let answer = tokio::time::timeout(bound, read_response(&mut slow))
+            .await
+            .expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // Keep-alive: a second request on the same connection (what Prometheus does).
+        slow.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = tokio::time::timeout(bound, read_response(&mut slow))
+            .await
+            .expect("a second answer on the same connection");
+        assert!(
+            answer.starts_with("HTTP/1.1 503"),
+            "not synced yet: {answer}"
+        );
+        drop(stalled);
+        server.abort();
+    }
+
+    #[test]
+    fn readiness_does_not_depend_on_leadership_but_says_why_not() {
+        let ready = Readiness::default();
+        assert!(ready.check().is_err(), "not synced");
+        ready.set(true);
+        assert_eq!(ready.check(), Ok("running".into()));
+        ready.set_role(Role::Following("op-a".into()));
+        ready.set(false);
+        assert!(
+            ready.check().is_ok_and(|m| m.contains("op-a")),
+            "a follower is ready"
+        );
+        ready.set_role(Role::Failing("namespace \"x\" does not exist".into()));
+        assert!(ready.check().is_err_and(|m| m.contains("\"x\"")));
+        ready.set_role(Role::Leading);
+        assert!(ready.check().is_err(), "leading, not synced");
+        ready.set(true);
+        assert!(ready.check().is_ok());
     }
 }

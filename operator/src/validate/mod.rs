@@ -2,14 +2,16 @@
 //! values, the components to install). Pure; every error names the field, what was expected and
 //! what was found.
 
-use crate::api::{GatewayComponentSpec, IstioInstallSpec, KubernetesOverrides};
+use crate::api::{GatewayComponentSpec, IstioInstallSpec, KubernetesOverrides, Waypoint};
 use crate::bundle::{self, Bundle, Release};
 use crate::values::{self, ValuesError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// The kinds of component, in install order.
+/// The kinds of component. The one place that knows their order: an install or upgrade goes
+/// in the declared order (the control plane before the data plane), a downgrade takes the data
+/// plane back first ([`ComponentKind::downgrade_rank`]), uninstall goes in reverse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ComponentKind {
     Base,
@@ -45,6 +47,71 @@ impl ComponentKind {
             ComponentKind::Waypoints => "waypoints",
         }
     }
+    /// Position in install (and upgrade) order.
+    pub fn install_rank(self) -> usize {
+        match self {
+            ComponentKind::Base => 0,
+            ComponentKind::Pilot => 1,
+            ComponentKind::Cni => 2,
+            ComponentKind::Ztunnel => 3,
+            ComponentKind::IngressGateway | ComponentKind::EgressGateway => 4,
+            ComponentKind::Waypoints => 5,
+        }
+    }
+
+    /// Position in downgrade order: the data plane goes back before the control plane, so it
+    /// is never newer than istiod (the CRDs stay first, waypoints last).
+    pub fn downgrade_rank(self) -> usize {
+        match self {
+            ComponentKind::Base => 0,
+            ComponentKind::IngressGateway | ComponentKind::EgressGateway => 1,
+            ComponentKind::Ztunnel => 2,
+            ComponentKind::Cni => 3,
+            ComponentKind::Pilot => 4,
+            ComponentKind::Waypoints => 5,
+        }
+    }
+
+    /// The kind of a component from the value of its component label (`base`, `pilot`, `cni`,
+    /// `ztunnel`, `waypoints`, or a gateway's name).
+    pub fn from_label(label: &str) -> ComponentKind {
+        match label {
+            "base" => ComponentKind::Base,
+            "pilot" => ComponentKind::Pilot,
+            "cni" => ComponentKind::Cni,
+            "ztunnel" => ComponentKind::Ztunnel,
+            "waypoints" => ComponentKind::Waypoints,
+            _ => ComponentKind::IngressGateway,
+        }
+    }
+
+    /// How people call it in messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            ComponentKind::Base => "the CRDs",
+            ComponentKind::Pilot => "istiod",
+            ComponentKind::Cni => "istio-cni",
+            ComponentKind::Ztunnel => "ztunnel",
+            ComponentKind::IngressGateway | ComponentKind::EgressGateway => "the gateways",
+            ComponentKind::Waypoints => "the waypoints",
+        }
+    }
+
+    /// The data-plane and control-plane components in the order a direction applies them, for
+    /// messages: "istiod, istio-cni, ztunnel, the gateways".
+    pub fn order_in_words(downgrade: bool) -> Vec<&'static str> {
+        let mut kinds = [
+            ComponentKind::Pilot,
+            ComponentKind::Cni,
+            ComponentKind::Ztunnel,
+            ComponentKind::IngressGateway,
+        ];
+        if downgrade {
+            kinds.sort_by_key(|k| k.downgrade_rank());
+        }
+        kinds.iter().map(|k| k.display_name()).collect()
+    }
+
     /// Cluster-wide components: at most one IstioInstall may own each.
     pub fn is_cluster_wide(self) -> bool {
         matches!(
@@ -78,11 +145,38 @@ pub struct ValidatedInstall {
     pub revision: String,
     /// Fully merged values (chart defaults < chart profile < compatibility < platform < user).
     pub values: Value,
-    /// Enabled components, in install order.
+    /// Enabled components, in install order (a `Waypoints` component when `waypoints` is not
+    /// empty).
     pub components: Vec<ValidatedComponent>,
+    /// `spec.waypoints`, checked.
+    pub waypoints: Vec<Waypoint>,
 }
 
 impl ValidatedInstall {
+    /// Every namespace the install puts objects in: the control plane's, each component's and
+    /// each waypoint's.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out = vec![self.namespace.clone()];
+        // With multus, istio-cni's NetworkAttachmentDefinition lives in `default`, as the
+        // chart has it.
+        if self.components.iter().any(|c| c.kind == ComponentKind::Cni)
+            && self.values["cni"]["provider"] == "multus"
+        {
+            out.push("default".to_string());
+        }
+        let all = self
+            .components
+            .iter()
+            .map(|c| &c.namespace)
+            .chain(self.waypoints.iter().map(|w| &w.namespace));
+        for ns in all {
+            if !out.contains(ns) {
+                out.push(ns.clone());
+            }
+        }
+        out
+    }
+
     pub fn bundle(&self) -> &'static Bundle {
         bundle::bundles()
             .iter()
@@ -156,8 +250,83 @@ fn dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// Validates a spec against the bundled releases.
+/// Namespaces no install may put gateways or waypoints in, or enrol, unless the operator is
+/// started with `--allow-reserved-namespaces`: the Kubernetes system namespaces and the
+/// operator's own. (The control plane, istio-cni and ztunnel may go to kube-system: GKE and
+/// OpenShift installs need it.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub reserved_namespaces: Vec<String>,
+}
+
+/// The operator's own namespace when none is configured.
+pub const OPERATOR_NAMESPACE: &str = "istio-install-operator";
+
+impl Policy {
+    /// The reserved namespaces, with `operator_namespace` as the operator's own.
+    pub fn reserving(operator_namespace: &str) -> Policy {
+        let mut reserved: Vec<String> = ["kube-system", "kube-public", "kube-node-lease"]
+            .map(String::from)
+            .to_vec();
+        if !reserved.iter().any(|r| r == operator_namespace) {
+            reserved.push(operator_namespace.to_string());
+        }
+        Policy {
+            reserved_namespaces: reserved,
+        }
+    }
+
+    /// Nothing reserved (`--allow-reserved-namespaces`).
+    pub fn allow_all() -> Policy {
+        Policy {
+            reserved_namespaces: Vec::new(),
+        }
+    }
+
+    /// Checks a namespace named at `field` is a namespace name.
+    fn check_dns_label(&self, field: &str, ns: &str) -> Result<(), ValidationError> {
+        if dns_label(ns) {
+            Ok(())
+        } else {
+            Err(ValidationError::Invalid {
+                field: field.to_string(),
+                message: format!("expected a namespace name (a DNS label), found {ns:?}"),
+            })
+        }
+    }
+
+    /// Checks a namespace named at `field`: a DNS label, not reserved.
+    fn check_namespace(&self, field: &str, ns: &str) -> Result<(), ValidationError> {
+        self.check_dns_label(field, ns)?;
+        if self.reserved_namespaces.iter().any(|r| r == ns) {
+            return Err(ValidationError::Invalid {
+                field: field.to_string(),
+                message: format!(
+                    "{ns:?} is reserved (the Kubernetes system namespaces and the operator's own: {}); use another namespace, or start the operator with --allow-reserved-namespaces",
+                    self.reserved_namespaces.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy::reserving(OPERATOR_NAMESPACE)
+    }
+}
+
+/// Validates a spec against the bundled releases, with the default [`Policy`].
 pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationError> {
+    validate_with(spec, &Policy::default())
+}
+
+/// Validates a spec against the bundled releases and the operator's policy.
+pub fn validate_with(
+    spec: &IstioInstallSpec,
+    policy: &Policy,
+) -> Result<ValidatedInstall, ValidationError> {
     let (release, bundle) = bundle::resolve(&spec.version)?;
     let minor = bundle.minor.clone();
     let profile = spec.profile.clone().unwrap_or_else(|| "default".into());
@@ -180,12 +349,7 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
         .namespace
         .clone()
         .unwrap_or_else(|| "istio-system".into());
-    if !dns_label(&namespace) {
-        return Err(ValidationError::Invalid {
-            field: "namespace".into(),
-            message: format!("expected a DNS label, found {namespace:?}"),
-        });
-    }
+    policy.check_dns_label("namespace", &namespace)?;
 
     // User layer: the profile's values, then spec.values, then the spec-level shortcuts.
     let defaults = bundle.default_values();
@@ -290,8 +454,48 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
         }
     }
     values::merge(&mut merged, user);
+    check_log_levels(&merged)?;
 
-    let components = select_components(spec, &profile_file.components, &namespace)?;
+    let mut components = select_components(spec, &profile_file.components, &namespace)?;
+    for c in &components {
+        let field = match c.kind {
+            ComponentKind::IngressGateway | ComponentKind::EgressGateway => {
+                format!("components.{}[{}].namespace", c.kind.field(), c.name)
+            }
+            _ => format!("components.{}.namespace", c.kind.field()),
+        };
+        // The control plane, istio-cni and ztunnel may live in kube-system (GKE and OpenShift
+        // need it); gateways, waypoints and enrolment may not touch a reserved namespace.
+        if matches!(
+            c.kind,
+            ComponentKind::IngressGateway | ComponentKind::EgressGateway
+        ) {
+            policy.check_namespace(&field, &c.namespace)?;
+        } else {
+            policy.check_dns_label(&field, &c.namespace)?;
+        }
+    }
+    for (i, w) in spec.waypoints.iter().enumerate() {
+        policy.check_namespace(&format!("waypoints[{i}].namespace"), &w.namespace)?;
+        if !dns_label(&w.name) {
+            return Err(ValidationError::Invalid {
+                field: format!("waypoints[{i}].name"),
+                message: format!("expected a DNS label, found {:?}", w.name),
+            });
+        }
+        for (j, ns) in w.use_from_namespaces.iter().enumerate() {
+            policy.check_namespace(&format!("waypoints[{i}].useFromNamespaces[{j}]"), ns)?;
+        }
+    }
+    if !spec.waypoints.is_empty() {
+        components.push(ValidatedComponent {
+            kind: ComponentKind::Waypoints,
+            name: ComponentKind::Waypoints.field().to_string(),
+            namespace: namespace.clone(),
+            labels: BTreeMap::new(),
+            k8s: None,
+        });
+    }
     Ok(ValidatedInstall {
         release,
         bundle_minor: bundle.minor.clone(),
@@ -300,6 +504,7 @@ pub fn validate(spec: &IstioInstallSpec) -> Result<ValidatedInstall, ValidationE
         revision,
         values: merged,
         components,
+        waypoints: spec.waypoints.clone(),
     })
 }
 
@@ -409,6 +614,39 @@ fn select_components(
         }
     }
     Ok(out)
+}
+
+/// Log levels end up on command lines and in environment variables: they are words, scopes and
+/// levels (`default:info`, `misc:error`, `info,ztunnel::proxy=debug`), never free text.
+fn check_log_levels(values: &Value) -> Result<(), ValidationError> {
+    const LEVELS: &[&str] = &[
+        "global.logging.level",
+        "cni.logging.level",
+        "ztunnel.logLevel",
+        "global.proxy.logLevel",
+        "global.proxy.componentLogLevel",
+        "gateways.istio-ingressgateway.logging.level",
+        "gateways.istio-egressgateway.logging.level",
+    ];
+    for path in LEVELS {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        let Some(level) = values.pointer(&pointer).and_then(Value::as_str) else {
+            continue;
+        };
+        let ok = level
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:,=.".contains(&b));
+        if !ok || level.len() > 1024 {
+            return Err(ValidationError::Invalid {
+                field: format!("values.{path}"),
+                message: format!(
+                    "expected log levels such as \"default:info\" or \"info,ztunnel=debug\" (letters, digits and _-:,=.), found {:?}",
+                    level.chars().take(80).collect::<String>()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Checks the Kubernetes-typed overrides against their Kubernetes types.

@@ -162,3 +162,5 @@ fn merge_filter_deep_merges_and_a_null_removes_the_key() {
         .expect("renders");
     assert_eq!(replaced, "[2]");
 }
+mod boundary;
+mod hostile;

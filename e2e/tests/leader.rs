@@ -1,0 +1,578 @@
+//! Leader election and API server faults, end to end: real `istio-install-operator run`
+//! processes (two replicas, one paused with SIGSTOP), an API server cut off behind a TCP proxy,
+//! API Priority and Fairness rejecting the operator's writes with 429, and a Lease namespace that
+//! does not exist yet.
+//!
+//! Like `operator.rs`, these scenarios own cluster-wide components, so they run one at a time
+//! (a lock; test binaries themselves run one after the other) and leave no IstioInstall behind.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use istio_install_e2e::{
+    ServiceAccountAccess, TcpProxy, apply_crd_file, apply_file, client, eventually,
+    kubeconfig_path, repo_path, unique_name, wait_deployment_rolled_out,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(240);
+const OPERATOR_NS: &str = "istio-install-operator";
+
+fn installs(c: &Client) -> Api<DynamicObject> {
+    Api::all_with(
+        c.clone(),
+        &ApiResource {
+            group: "istioinstall.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "istioinstall.io/v1alpha1".into(),
+            kind: "IstioInstall".into(),
+            plural: "istioinstalls".into(),
+        },
+    )
+}
+
+fn operator_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("OPERATOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_path("target"));
+    target.join("release/istio-install-operator")
+}
+
+/// The CRD, the operator's namespace and RBAC, and a kubeconfig of its ServiceAccount.
+async fn prepare(admin: &Client) -> Result<PathBuf> {
+    apply_crd_file(admin, &repo_path("crds/istioinstall.io_istioinstalls.yaml")).await?;
+    apply_file(
+        admin,
+        &repo_path("manifests/namespace.yaml"),
+        None,
+        "e2e-test",
+    )
+    .await?;
+    apply_file(admin, &repo_path("manifests/rbac.yaml"), None, "e2e-test").await?;
+    Ok(
+        ServiceAccountAccess::create(admin, OPERATOR_NS, OPERATOR_NS)
+            .await?
+            .kubeconfig,
+    )
+}
+
+/// A running `istio-install-operator run`; killed on drop.
+struct Op {
+    child: tokio::process::Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Op {
+    async fn spawn(kubeconfig: &Path, args: &[&str]) -> Result<Op> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::env::temp_dir().join(format!("istio-install-operator-{port}.log"));
+        let file = std::fs::File::create(&log)?;
+        let bin = operator_binary();
+        let child = tokio::process::Command::new(&bin)
+            .arg("run")
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("POD_NAME")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (run `make build`)", bin.display()))?;
+        Ok(Op { child, port, log })
+    }
+
+    fn pid(&self) -> Result<u32> {
+        self.child
+            .id()
+            .ok_or_else(|| anyhow!("the operator has exited; log:\n{}", self.log()))
+    }
+
+    /// Sends a signal to this process (by its PID: only the process this test started).
+    async fn signal(&self, sig: &str) -> Result<()> {
+        let status = tokio::process::Command::new("kill")
+            .args([format!("-{sig}"), self.pid()?.to_string()])
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{sig} failed");
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        Ok((code, out))
+    }
+
+    async fn metric(&self, name: &str) -> Result<f64> {
+        let (_, body) = self.get("/metrics").await?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("metric {name} not found"))
+    }
+
+    async fn leads(&self) -> bool {
+        self.metric("istio_install_operator_leader")
+            .await
+            .is_ok_and(|v| v == 1.0)
+    }
+
+    async fn ready(&self) -> bool {
+        self.get("/readyz").await.is_ok_and(|(c, _)| c == 200)
+    }
+}
+
+const WRITES: &str = "istio_install_operator_api_write_requests_total";
+
+async fn apply_install(c: &Client, name: &str, spec: Value) -> Result<i64> {
+    let obj = json!({"apiVersion": "istioinstall.io/v1alpha1", "kind": "IstioInstall", "metadata": {"name": name}, "spec": spec});
+    let obj: DynamicObject = serde_json::from_value(obj)?;
+    let out = installs(c)
+        .patch(
+            name,
+            &PatchParams::apply("e2e-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await?;
+    Ok(out.metadata.generation.unwrap_or(0))
+}
+
+fn condition<'a>(ii: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
+    ii.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// Ready, and the status is about `generation`.
+fn ready_at(ii: &DynamicObject, generation: i64) -> bool {
+    condition(ii, "Ready").is_some_and(|c| c["status"] == "True")
+        && ii.data["status"]["observedGeneration"] == generation
+}
+
+async fn wait_install(
+    c: &Client,
+    name: &str,
+    what: &str,
+    check: impl Fn(&DynamicObject) -> bool,
+) -> Result<DynamicObject> {
+    wait_install_for(c, name, what, INSTALL_TIMEOUT, check).await
+}
+
+async fn wait_install_for(
+    c: &Client,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: impl Fn(&DynamicObject) -> bool,
+) -> Result<DynamicObject> {
+    let api = installs(c);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ii = api.get(name).await?;
+        if check(&ii) {
+            return Ok(ii);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "IstioInstall {name}: timed out waiting until {what}; status: {}",
+                serde_json::to_string_pretty(&ii.data["status"])?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn remove_all_installs(c: &Client) -> Result<()> {
+    let api = installs(c);
+    for ii in api.list(&ListParams::default()).await? {
+        let name = ii.metadata.name.clone().unwrap_or_default();
+        let _ = api.delete(&name, &DeleteParams::default()).await;
+    }
+    eventually(
+        INSTALL_TIMEOUT,
+        "every IstioInstall is uninstalled",
+        || async { Ok(api.list(&ListParams::default()).await?.items.is_empty()) },
+    )
+    .await
+}
+
+/// The mesh config the operator rendered into the `istio` ConfigMap.
+async fn mesh_config(c: &Client) -> Result<String> {
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "istio-system");
+    Ok(cms
+        .get("istio")
+        .await?
+        .data
+        .and_then(|d| d.get("mesh").cloned())
+        .unwrap_or_default())
+}
+
+/// (b) The leader is paused (SIGSTOP) for 25 s while the spec changes. The follower takes over
+/// once the lease has expired by its own clock and converges the install; the paused leader,
+/// continued, sends no write (its fence closed before its lease could expire), steps down and
+/// stays up and ready as a follower. Readiness does not depend on leadership: both replicas are
+/// ready throughout, which is what lets a rolling update of the operator's Deployment proceed.
+#[tokio::test]
+async fn a_paused_leader_is_fenced_and_the_other_replica_converges() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let kubeconfig = prepare(&admin).await?;
+    remove_all_installs(&admin).await?;
+    let lease = unique_name("e2e-leader");
+    let args = [
+        "--leader-elect=true",
+        "--lease-name",
+        &lease,
+        "--lease-namespace",
+        OPERATOR_NS,
+    ];
+    let a = Op::spawn(&kubeconfig, &args).await?;
+    eventually(Duration::from_secs(60), "replica a leads", || async {
+        Ok(a.leads().await)
+    })
+    .await?;
+    let b = Op::spawn(&kubeconfig, &args).await?;
+    eventually(
+        Duration::from_secs(60),
+        "replica b, a follower, is ready",
+        || async { Ok(b.ready().await) },
+    )
+    .await?;
+    assert!(!b.leads().await, "one leader");
+    assert!(a.ready().await, "the leader is ready");
+
+    let generation = apply_install(
+        &admin,
+        "fenced",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "fenced", "Ready", |ii| ready_at(ii, generation)).await?;
+    // The leader's last writes for the install are done once its writes stop moving.
+    let mut before = a.metric(WRITES).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let now = a.metric(WRITES).await?;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    assert!(before > 0.0, "the leader installed it");
+
+    a.signal("STOP").await?;
+    let changed = apply_install(
+        &admin,
+        "fenced",
+        json!({"version": "1.24", "profile": "minimal", "meshConfig": {"accessLogFile": "/dev/stdout"}}),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    a.signal("CONT").await?;
+
+    wait_install(&admin, "fenced", "Ready with the change", |ii| {
+        ready_at(ii, changed)
+    })
+    .await?;
+    assert!(
+        mesh_config(&admin).await?.contains("/dev/stdout"),
+        "the change is applied"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "b leads and a has stepped down",
+        || async { Ok(b.leads().await && !a.leads().await) },
+    )
+    .await?;
+    // Give a's controller, continued, every chance to act on what it saw before the pause.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = a.metric(WRITES).await.with_context(|| a.log())?;
+    assert_eq!(
+        after,
+        before,
+        "the paused leader wrote after its lease had expired; log:\n{}",
+        a.log()
+    );
+    assert!(
+        a.ready().await && b.ready().await,
+        "both replicas stay ready"
+    );
+    remove_all_installs(&admin).await?;
+    Ok(())
+}
+
+/// The operator's own Deployment (manifests/deployment.yaml, 2 replicas) rolls out a new pod
+/// template. On kwok pods never run, so the probes are not exercised here (kwok reports every
+/// pod Ready): this shows the strategy and the manifests work on a real API server, and the test
+/// above shows the part kwok cannot, that a standby replica's `/readyz` is 200.
+#[tokio::test]
+async fn the_operators_own_deployment_rolls_out_with_two_replicas() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    prepare(&admin).await?;
+    apply_file(
+        &admin,
+        &repo_path("manifests/deployment.yaml"),
+        None,
+        "e2e-test",
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let scale = json!({"spec": {"replicas": 2}});
+    deployments
+        .patch(OPERATOR_NS, &PatchParams::default(), &Patch::Merge(&scale))
+        .await?;
+    wait_deployment_rolled_out(&deployments, OPERATOR_NS, Duration::from_secs(120)).await?;
+    let d = deployments.get(OPERATOR_NS).await?;
+    let spec = d.spec.clone().unwrap_or_default();
+    let rolling = spec
+        .strategy
+        .and_then(|s| s.rolling_update)
+        .ok_or_else(|| anyhow!("a RollingUpdate strategy"))?;
+    assert_eq!(
+        serde_json::to_value(&rolling.max_unavailable)?,
+        json!(0),
+        "never fewer ready replicas than asked for"
+    );
+    let container = &spec.template.spec.unwrap_or_default().containers[0];
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .ok_or_else(|| anyhow!("a readiness probe"))?;
+    assert_eq!(probe.path.as_deref(), Some("/readyz"));
+
+    let roll = json!({"spec": {"template": {"metadata": {"annotations": {"e2e.istioinstall.io/rolled": unique_name("r")}}}}});
+    deployments
+        .patch(OPERATOR_NS, &PatchParams::default(), &Patch::Merge(&roll))
+        .await?;
+    wait_deployment_rolled_out(&deployments, OPERATOR_NS, Duration::from_secs(120)).await?;
+    deployments
+        .delete(OPERATOR_NS, &DeleteParams::foreground())
+        .await?;
+    Ok(())
+}
+
+/// (f) `run` with a Lease namespace that does not exist: an error naming it (and the fix) is
+/// logged within seconds and `/readyz` says why; once the namespace exists, it leads and
+/// converges an install. Runs with the admin kubeconfig, as a new user trying the README would.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_named_and_the_operator_leads_once_it_exists() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    prepare(&admin).await?;
+    remove_all_installs(&admin).await?;
+    let ns = unique_name("e2e-lease");
+    let op = Op::spawn(
+        &kubeconfig_path(),
+        &["--leader-elect=true", "--lease-namespace", &ns],
+    )
+    .await?;
+    let named = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains(&ns) && l.contains("does not exist"))
+    };
+    eventually(
+        Duration::from_secs(10),
+        "an error naming the missing Lease namespace",
+        || async { Ok(named(&op.log())) },
+    )
+    .await
+    .with_context(|| op.log())?;
+    let (code, body) = op.get("/readyz").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains(&ns) && body.contains("--lease-namespace"),
+        "{body}"
+    );
+
+    let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let namespace: Namespace = serde_json::from_value(
+        json!({"metadata": {"name": ns, "labels": {"e2e.istioinstall.io/test": "true"}}}),
+    )?;
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await?;
+    eventually(Duration::from_secs(60), "the operator leads", || async {
+        Ok(op.leads().await && op.ready().await)
+    })
+    .await
+    .with_context(|| op.log())?;
+    let generation = apply_install(
+        &admin,
+        "lease-ns",
+        json!({"version": "1.24", "profile": "minimal"}),
+    )
+    .await?;
+    wait_install(&admin, "lease-ns", "Ready", |ii| ready_at(ii, generation)).await?;
+    remove_all_installs(&admin).await?;
+    namespaces.delete(&ns, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// (e) The API server is cut off from the operator for 30 s while the spec changes and an owned
+/// object is deleted; then API Priority and Fairness rejects the operator's writes to
+/// Deployments with 429 while the spec changes again. The status says why the install waits,
+/// and once the API server answers again everything converges: no change lost.
+#[tokio::test]
+async fn api_server_faults_are_reported_and_nothing_is_lost() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let admin = client().await?;
+    let kubeconfig = prepare(&admin).await?;
+    remove_all_installs(&admin).await?;
+    let proxy = TcpProxy::start().await?;
+    let via_proxy = proxy.kubeconfig(&kubeconfig)?;
+    let op = Op::spawn(&via_proxy, &["--leader-elect=false"]).await?;
+    eventually(Duration::from_secs(60), "the operator is ready", || async {
+        Ok(op.ready().await)
+    })
+    .await
+    .with_context(|| op.log())?;
+    let spec = json!({"version": "1.24", "profile": "minimal"});
+    let generation = apply_install(&admin, "faults", spec).await?;
+    wait_install(&admin, "faults", "Ready", |ii| ready_at(ii, generation)).await?;
+
+    // Unreachable for 30 s: a spec change and a deleted object meanwhile.
+    proxy.set_open(false);
+    let changed = apply_install(
+        &admin,
+        "faults",
+        json!({"version": "1.24", "profile": "minimal", "meshConfig": {"accessLogFile": "/dev/stdout"}}),
+    )
+    .await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(admin.clone(), "istio-system");
+    services.delete("istiod", &DeleteParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    proxy.set_open(true);
+    wait_install(&admin, "faults", "Ready after the outage", |ii| {
+        ready_at(ii, changed)
+    })
+    .await
+    .with_context(|| op.log())?;
+    assert!(mesh_config(&admin).await?.contains("/dev/stdout"));
+    eventually(
+        Duration::from_secs(60),
+        "the deleted Service is back",
+        || async { Ok(services.get_opt("istiod").await?.is_some()) },
+    )
+    .await?;
+
+    // 429 for every write the operator makes to Deployments.
+    let flow = unique_name("e2e-reject");
+    let reject = [
+        json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+               "metadata": {"name": flow},
+               "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 0, "lendablePercent": 0,
+                        "borrowingLimitPercent": 0, "limitResponse": {"type": "Reject"}}}}),
+        json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+               "metadata": {"name": flow},
+               "spec": {"priorityLevelConfiguration": {"name": flow}, "matchingPrecedence": 1000,
+                        "distinguisherMethod": {"type": "ByUser"},
+                        "rules": [{"subjects": [{"kind": "ServiceAccount",
+                                                 "serviceAccount": {"namespace": OPERATOR_NS, "name": OPERATOR_NS}}],
+                                   "resourceRules": [{"verbs": ["create", "update", "patch", "delete"],
+                                                      "apiGroups": ["apps"], "resources": ["deployments", "daemonsets"],
+                                                      "namespaces": ["*"]}]}]}}),
+    ];
+    let dir = std::env::temp_dir().join(format!("e2e-{flow}.yaml"));
+    std::fs::write(
+        &dir,
+        reject
+            .iter()
+            .map(|d| format!("---\n{}\n", serde_json::to_string(d).unwrap_or_default()))
+            .collect::<String>(),
+    )?;
+    apply_file(&admin, &dir, None, "e2e-test").await?;
+    let throttled = apply_install(
+        &admin,
+        "faults",
+        json!({"version": "1.24", "profile": "minimal", "meshConfig": {"accessLogFile": "/dev/stdout"},
+               "values": {"pilot": {"env": {"E2E_THROTTLED": "yes"}}}}),
+    )
+    .await?;
+    // The status must say it within a bound (the operator reports lasting faults after 15 s),
+    // not after the minutes kube's default retries would keep a request to themselves.
+    let said = wait_install_for(
+        &admin,
+        "faults",
+        "Reconciling says 429",
+        Duration::from_secs(60),
+        |ii| {
+            condition(ii, "Reconciling").is_some_and(|c| {
+                c["status"] == "True"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("429") || m.contains("TooManyRequests"))
+            })
+        },
+    )
+    .await
+    .with_context(|| op.log());
+    for kind in ["flowschemas", "prioritylevelconfigurations"] {
+        let api: Api<DynamicObject> = Api::all_with(
+            admin.clone(),
+            &ApiResource {
+                group: "flowcontrol.apiserver.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "flowcontrol.apiserver.k8s.io/v1".into(),
+                kind: String::new(),
+                plural: kind.into(),
+            },
+        );
+        api.delete(&flow, &DeleteParams::default()).await?;
+    }
+    let said = said?;
+    println!(
+        "status while throttled: {}",
+        condition(&said, "Reconciling").cloned().unwrap_or_default()
+    );
+    wait_install(&admin, "faults", "Ready once no longer throttled", |ii| {
+        ready_at(ii, throttled)
+    })
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
+    let istiod = serde_json::to_string(&deployments.get("istiod").await?)?;
+    assert!(
+        istiod.contains("E2E_THROTTLED"),
+        "the change reached istiod"
+    );
+    remove_all_installs(&admin).await?;
+    drop(proxy);
+    Ok(())
+}
