@@ -38,7 +38,20 @@ async fn istioinstall_crd_is_established_and_validates_the_version() -> Result<(
         "metadata": {"name": invalid_name},
         "spec": {"version": "banana"},
     }))?;
-    let status = expect_api_error(api.create(&PostParams::default(), &invalid).await, 422)?;
+    // Right after a CRD is first established, the API server may still answer 404 for its
+    // resources for a moment (its handler is installed asynchronously): retry that briefly.
+    let mut attempts = 0;
+    let result = loop {
+        let result = api.create(&PostParams::default(), &invalid).await;
+        match &result {
+            Err(kube::Error::Api(s)) if s.code == 404 && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            _ => break result,
+        }
+    };
+    let status = expect_api_error(result, 422)?;
     assert_eq!(status.reason, "Invalid");
     assert!(
         status.message.contains("must be an Istio minor"),
