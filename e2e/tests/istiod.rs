@@ -501,7 +501,19 @@ async fn validate_cases(admin: &Client, istiod: &Istiod, ns: &str) -> Result<()>
         "good",
         json!([{"route": [{"destination": {"host": "web"}}]}]),
     );
-    let out = adm.validate(&Target::virtual_service(), ns, &good).await?;
+    // istiod patches the default validator's caBundle shortly after it starts; until then the
+    // API server could not call that webhook either, so wait for it rather than race it.
+    let mut attempts = 0;
+    let out = loop {
+        let out = adm.validate(&Target::virtual_service(), ns, &good).await?;
+        let waiting = !out.denied.is_empty()
+            && format!("{:?}", out.denied).contains("empty caBundle (istiod patches it)");
+        if !waiting || attempts >= 30 {
+            break out;
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
     ensure!(
         out.denied.is_empty(),
         "a valid VirtualService was refused: {:?}",
