@@ -7,26 +7,28 @@
 
 use serde_json::Value;
 
-/// Annotation with a digest of what the operator last applied to an object. The subset test
-/// alone cannot see a field the spec *stopped* setting (a nodeSelector removed to recover a
-/// rollout); a changed digest can, and server-side apply then removes the field we own.
-pub const INTENT_ANNOTATION: &str = "istioinstall.io/applied-digest";
+/// Label with a digest of what the operator last applied to an object. The subset test alone
+/// cannot see a field the spec *stopped* setting (a nodeSelector removed to recover a rollout);
+/// a changed digest can, and server-side apply then removes the field we own. A label, not an
+/// annotation: a Deployment's generation moves with its annotations, and adopting an install
+/// must not look like a rollout.
+pub const INTENT_LABEL: &str = "istioinstall.io/applied-digest";
 
-/// Stamps the digest of `desired` (without the annotation itself) into it; returns the digest.
+/// Stamps the digest of `desired` (without the label itself) into it; returns the digest.
 pub fn stamp_intent(desired: &mut Value) -> String {
-    if let Some(a) = desired
-        .pointer_mut("/metadata/annotations")
+    if let Some(l) = desired
+        .pointer_mut("/metadata/labels")
         .and_then(Value::as_object_mut)
     {
-        a.remove(INTENT_ANNOTATION);
+        l.remove(INTENT_LABEL);
     }
     let digest = format!("{:016x}", fnv1a(desired.to_string().as_bytes()));
     if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
-        let annotations = meta
-            .entry("annotations")
+        let labels = meta
+            .entry("labels")
             .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(a) = annotations.as_object_mut() {
-            a.insert(INTENT_ANNOTATION.into(), Value::String(digest.clone()));
+        if let Some(l) = labels.as_object_mut() {
+            l.insert(INTENT_LABEL.into(), Value::String(digest.clone()));
         }
     }
     digest
@@ -34,7 +36,7 @@ pub fn stamp_intent(desired: &mut Value) -> String {
 
 /// Whether the live object was last applied from a different intent (or never by us).
 pub fn intent_changed(live: &Value, digest: &str) -> bool {
-    live["metadata"]["annotations"][INTENT_ANNOTATION].as_str() != Some(digest)
+    live["metadata"]["labels"][INTENT_LABEL].as_str() != Some(digest)
 }
 
 /// FNV-1a, 64 bits: a digest that stays the same across Rust releases and operator restarts
