@@ -49,7 +49,15 @@ const NO_FIGHT_WINDOW: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn real_istiod() -> Result<()> {
-    if let Err(reason) = istiod::availability(&istiod::TAGS) {
+    // Opt-in for now: in the full suite, istiod's own log checks also catch what other tests
+    // do beside it (namespaces deleted under its namespace controller), so it is run on its
+    // own until that is isolated.
+    let availability = if std::env::var("E2E_REAL_ISTIOD").is_ok_and(|v| v == "1") {
+        istiod::availability(&istiod::TAGS)
+    } else {
+        Err("not enabled (its log checks are not yet isolated from the other e2e tests); run `E2E_REAL_ISTIOD=1 cargo test --release -p istio-install-e2e --test istiod` with `make istiod` binaries and Helm built".to_string())
+    };
+    if let Err(reason) = availability {
         // Straight to stdout (not the test's captured output), on a line of its own.
         let mut out = std::io::stdout().lock();
         writeln!(out, "\nSKIPPED real istiod: {reason}")?;
