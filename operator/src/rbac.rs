@@ -121,10 +121,10 @@ fn rbac_cases() -> Vec<IstioInstallSpec> {
     out
 }
 
-/// Every rule of every Role and ClusterRole the bundles render for [`rbac_cases`] (cases the
-/// bundle refuses, such as a platform it does not know, are skipped).
-pub fn bundle_rules() -> Vec<Rule> {
-    let mut rules = BTreeSet::new();
+/// Calls `f` with every rule of every Role and ClusterRole the bundles render for
+/// [`rbac_cases`], and where it came from (cases the bundle refuses, such as a platform it does
+/// not know, are skipped).
+fn for_each_bundle_rule(mut f: impl FnMut(&IstioInstallSpec, &str, &render::RenderedObject, Rule)) {
     for spec in rbac_cases() {
         let Ok(v) = validate::validate(&spec) else {
             continue;
@@ -137,10 +137,18 @@ pub fn bundle_rules() -> Vec<Rule> {
             .filter(|o| matches!(o.kind(), "Role" | "ClusterRole"))
         {
             for r in o.object["rules"].as_array().into_iter().flatten() {
-                rules.insert(Rule::from_value(r));
+                f(&spec, &v.profile, o, Rule::from_value(r));
             }
         }
     }
+}
+
+/// Every rule of every Role and ClusterRole the bundles render for [`rbac_cases`].
+pub fn bundle_rules() -> Vec<Rule> {
+    let mut rules = BTreeSet::new();
+    for_each_bundle_rule(|_, _, _, rule| {
+        rules.insert(rule);
+    });
     rules.into_iter().collect()
 }
 
@@ -384,30 +392,16 @@ mod tests {
         let rules: Vec<Rule> = cluster_role_rules().into_iter().map(|(_, r)| r).collect();
         let cases = rbac_cases();
         assert!(cases.len() > 50, "{} cases", cases.len());
-        for spec in cases {
-            let Ok(v) = validate::validate(&spec) else {
-                continue;
-            };
-            let Ok(objects) = render::render(&v, None) else {
-                continue;
-            };
-            for o in objects
-                .iter()
-                .filter(|o| matches!(o.kind(), "Role" | "ClusterRole"))
-            {
-                for r in o.object["rules"].as_array().into_iter().flatten() {
-                    for atom in Rule::from_value(r).atoms() {
-                        assert!(
-                            granted(&rules, &atom),
-                            "{} {} of {} {} needs {atom:?}, which the operator's ClusterRole lacks",
-                            o.kind(),
-                            o.name(),
-                            spec.version,
-                            v.profile
-                        );
-                    }
-                }
+        for_each_bundle_rule(|spec, profile, o, rule| {
+            for atom in rule.atoms() {
+                assert!(
+                    granted(&rules, &atom),
+                    "{} {} of {} {profile} needs {atom:?}, which the operator's ClusterRole lacks",
+                    o.kind(),
+                    o.name(),
+                    spec.version,
+                );
             }
-        }
+        });
     }
 }
