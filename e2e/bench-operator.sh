@@ -157,9 +157,41 @@ api_reads() {
   k get --raw /metrics | awk '/^apiserver_request_total\{/ && /verb="(GET|LIST)"/ && !/[{,]resource=""/ &&
     !/[{,]resource="(istioinstalls|leases|pods|nodes)"/ { s += $NF } END { print s + 0 }'
 }
+buckets() { # the reconcile-duration histogram's cumulative buckets: "le count" lines
+  curl -fsS -m 5 "http://127.0.0.1:$port/metrics" |
+    sed -n 's/^istio_install_operator_reconcile_duration_seconds_bucket{le="\([^"]*\)"} \([0-9.e+]*\)$/\1 \2/p'
+}
+median_between() { # median_between <before> <after>: median of the reconciles in between, from
+  # the bucket deltas, interpolated linearly inside the bucket that holds it (an estimate)
+  python3 - "$1" "$2" <<'PY'
+import sys
+def parse(text):
+    out = []
+    for line in text.splitlines():
+        le, count = line.split()
+        out.append((float("inf") if le == "+Inf" else float(le), float(count)))
+    return out
+before, after = parse(sys.argv[1]), parse(sys.argv[2])
+delta = [(le, y - x) for (le, x), (_, y) in zip(before, after)]
+n = delta[-1][1] if delta else 0
+if n == 0:
+    print("n/a")
+    sys.exit()
+under_5ms = next((c for le, c in delta if le >= 0.005), 0)
+lo, prev = 0.0, 0.0
+for le, c in delta:
+    if c >= n / 2:
+        frac = (n / 2 - prev) / (c - prev) if c > prev else 1.0
+        print(f"{(lo + (le - lo) * frac) * 1000:.2f} ms (estimated from the histogram; {int(under_5ms)}/{int(n)} under 5 ms)")
+        break
+    lo, prev = le, c
+PY
+}
 noop() { # noop <label>
   sleep 5 # let the install's own follow-up reconciles finish
-  local c0 s0 r0 w0 c1 s1 r1 w1
+  local c0 s0 r0 w0 c1 s1 r1 w1 q0 q1 h0 h1
+  h0=$(buckets)
+  q0=$(metric istio_install_operator_api_read_requests_total)
   c0=$(metric istio_install_operator_reconcile_duration_seconds_count)
   s0=$(metric istio_install_operator_reconcile_duration_seconds_sum)
   r0=$(metric istio_install_operator_reconciles_total)
@@ -170,12 +202,14 @@ noop() { # noop <label>
     sleep 0.25
   done
   sleep 3
+  h1=$(buckets)
+  q1=$(metric istio_install_operator_api_read_requests_total)
   c1=$(metric istio_install_operator_reconcile_duration_seconds_count)
   s1=$(metric istio_install_operator_reconcile_duration_seconds_sum)
   r1=$(metric istio_install_operator_reconciles_total)
   w1=$(metric istio_install_operator_write_requests_total)
   a1=$(api_reads)
-  result "(b) no-op reconcile, $1: $NOOPS annotation changes -> $(awk -v a="$r0" -v b="$r1" 'BEGIN{print b-a}') reconciles, mean $(awk -v c0="$c0" -v c1="$c1" -v s0="$s0" -v s1="$s1" 'BEGIN { if (c1 > c0) printf "%.2f", (s1-s0)/(c1-c0)*1000; else print "n/a" }') ms (histogram sum/count deltas), write requests +$(awk -v a="$w0" -v b="$w1" 'BEGIN{print b-a}'); still Ready: $(is_ready && echo yes || echo NO); API server GET+LIST requests (all clients, without istioinstalls, leases, pods, nodes) per reconcile: $(awk -v a="$a0" -v b="$a1" -v r0="$r0" -v r1="$r1" 'BEGIN { if (r1 > r0) printf "%.1f", (b-a)/(r1-r0); else print "n/a" }')"
+  result "(b) no-op reconcile, $1: $NOOPS annotation changes -> $(awk -v a="$r0" -v b="$r1" 'BEGIN{print b-a}') reconciles, mean $(awk -v c0="$c0" -v c1="$c1" -v s0="$s0" -v s1="$s1" 'BEGIN { if (c1 > c0) printf "%.2f", (s1-s0)/(c1-c0)*1000; else print "n/a" }') ms (histogram sum/count deltas), write requests +$(awk -v a="$w0" -v b="$w1" 'BEGIN{print b-a}'); still Ready: $(is_ready && echo yes || echo NO); API server GET+LIST requests (all clients, without istioinstalls, leases, pods, nodes) per reconcile: $(awk -v a="$a0" -v b="$a1" -v r0="$r0" -v r1="$r1" 'BEGIN { if (r1 > r0) printf "%.1f", (b-a)/(r1-r0); else print "n/a" }'); the operator's own read requests (api_read_requests_total) +$(awk -v a="$q0" -v b="$q1" 'BEGIN{print b-a}'); median $(median_between "$h0" "$h1")"
 }
 noop idle
 

@@ -154,6 +154,10 @@ where
             if let Some(m) = &self.layer.metrics {
                 m.api_writes.inc();
             }
+        } else if !self.layer.watch
+            && let Some(m) = &self.layer.metrics
+        {
+            m.api_reads.inc();
         }
         let what = format!("{} {}", req.method(), req.uri().path());
         let health = self.layer.health.clone();

@@ -1,19 +1,26 @@
-//! apply: the only module that writes to the cluster. Server-side apply under one field
-//! manager (forced: we are the owner of what we render), deletes, and the reads the planner
-//! needs. Every write goes through here, so it is counted here.
+//! apply: the only module that writes to the cluster: server-side apply under one field
+//! manager (forced: we are the owner of what we render), deletes, namespace labels, the
+//! IstioInstall's finalizer and status, its Events (`events.rs`), and the reads a cache cannot
+//! answer. Every write goes through here, so it is counted here (`write_requests_total`;
+//! Events apart).
 
-use crate::api::MANAGER;
+pub mod events;
+
+use crate::api::{IstioInstall, IstioInstallStatus, MANAGER};
 use crate::plan::ObjectKey;
 use crate::render::is_cluster_scoped;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams,
     PropagationPolicy,
 };
-use kube::{Client, discovery};
-use serde_json::Value;
+use kube::{Client, Resource, ResourceExt, discovery};
+use prometheus_client::metrics::counter::Counter;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Field manager of the namespace enrolment labels (kept apart so removing them is exact).
+const ENROLLMENT_MANAGER: &str = "istio-install-operator-enrollment";
 
 /// Kinds listed when pruning and uninstalling (everything we may have created but CRDs and
 /// namespaces).
@@ -31,6 +38,8 @@ pub enum ApplyError {
     },
     #[error("{0}: the API server does not serve this kind (is its CRD installed?)")]
     UnknownKind(String),
+    #[error("{0}: cannot read the API server's answer: {1}")]
+    Answer(String, String),
 }
 
 /// The API server's own message (not the whole Status dump), bounded for status conditions.
@@ -65,6 +74,7 @@ impl ApplyError {
             } => !(s.code == 422 || s.code == 400 || s.code == 403 || s.code == 404),
             ApplyError::Kube { .. } => true,
             ApplyError::UnknownKind(_) => false,
+            ApplyError::Answer(..) => true,
         }
     }
     pub fn is_not_found(&self) -> bool {
@@ -79,11 +89,12 @@ impl ApplyError {
 pub struct Applier {
     client: Client,
     resources: Mutex<HashMap<(String, String), ApiResource>>,
-    writes: AtomicU64,
+    writes: Counter,
 }
 
 impl Applier {
-    pub fn new(client: Client) -> Applier {
+    /// `writes` counts every write request this applier sends.
+    pub fn new(client: Client, writes: Counter) -> Applier {
         // The table's kinds need no discovery; optional ones are looked up, since their CRD
         // may be missing (then the kind is reported as not served).
         let resources = crate::kinds::KINDS
@@ -99,7 +110,7 @@ impl Applier {
         Applier {
             client,
             resources: Mutex::new(resources),
-            writes: AtomicU64::new(0),
+            writes,
         }
     }
 
@@ -107,14 +118,14 @@ impl Applier {
         &self.client
     }
 
-    /// Write requests sent so far (applies and deletes).
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-
     async fn resource_for(&self, api_version: &str, kind: &str) -> Result<ApiResource, ApplyError> {
         let key = (api_version.to_string(), kind.to_string());
-        if let Some(r) = self.resources.lock().expect("not poisoned").get(&key) {
+        if let Some(r) = self
+            .resources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
             return Ok(r.clone());
         }
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
@@ -124,7 +135,7 @@ impl Applier {
             .map_err(|_| ApplyError::UnknownKind(format!("{api_version} {kind}")))?;
         self.resources
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(key, ar.clone());
         Ok(ar)
     }
@@ -142,30 +153,43 @@ impl Applier {
     /// The live object, or `None` when it does not exist.
     pub async fn get(&self, key: &ObjectKey) -> Result<Option<Value>, ApplyError> {
         let api = self.api(key).await?;
-        let obj = api
-            .get_opt(&key.name)
-            .await
-            .map_err(|source| ApplyError::Kube {
-                key: key.to_string(),
-                source,
-            })?;
-        Ok(obj.map(|o| serde_json::to_value(o).expect("objects serialize")))
+        match api.get_opt(&key.name).await {
+            Ok(obj) => Ok(obj.and_then(|o| serde_json::to_value(o).ok())),
+            Err(source) => Err(self.failed(key, source)),
+        }
+    }
+
+    /// The error of a request about `key`. A 404 that is not an object's NotFound means the
+    /// kind itself is gone (a CRD was deleted): its API resource is forgotten, so the next
+    /// `serves` asks the API server again instead of answering from what it once found.
+    fn failed(&self, key: &ObjectKey, source: kube::Error) -> ApplyError {
+        if let kube::Error::Api(s) = &source
+            && s.code == 404
+            && s.reason != "NotFound"
+        {
+            self.resources
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&(key.api_version.clone(), key.kind.clone()));
+            return ApplyError::UnknownKind(format!("{} {}", key.api_version, key.kind));
+        }
+        ApplyError::Kube {
+            key: key.to_string(),
+            source,
+        }
     }
 
     /// Server-side apply of a whole object under our field manager.
     pub async fn apply(&self, obj: &Value) -> Result<Value, ApplyError> {
         let key = ObjectKey::of(obj);
         let api = self.api(&key).await?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writes.inc();
         let params = PatchParams::apply(MANAGER).force();
         let out = api
             .patch(&key.name, &params, &Patch::Apply(obj))
             .await
-            .map_err(|source| ApplyError::Kube {
-                key: key.to_string(),
-                source,
-            })?;
-        Ok(serde_json::to_value(out).expect("objects serialize"))
+            .map_err(|source| self.failed(&key, source))?;
+        serde_json::to_value(out).map_err(|e| ApplyError::Answer(key.to_string(), e.to_string()))
     }
 
     /// Takes the owner reference to `owner_uid` off a live object (the rest of it stays as it
@@ -181,7 +205,7 @@ impl Applier {
             "ownerReferences": refs,
             "resourceVersion": live["metadata"]["resourceVersion"],
         }});
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writes.inc();
         api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| ApplyError::Kube {
@@ -194,7 +218,7 @@ impl Applier {
     /// Deletes an object (background propagation); a missing object is not an error.
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), ApplyError> {
         let api = self.api(key).await?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.writes.inc();
         let params = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
@@ -227,8 +251,8 @@ impl Applier {
             Ok(list) => Ok(list
                 .items
                 .into_iter()
-                .map(|o| {
-                    let mut v = serde_json::to_value(o).expect("objects serialize");
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .map(|mut v| {
                     v["apiVersion"] = Value::String(api_version.to_string());
                     v["kind"] = Value::String(kind.to_string());
                     v
@@ -245,6 +269,114 @@ impl Applier {
     /// Whether the API server serves a kind (e.g. the Gateway API's Gateway).
     pub async fn serves(&self, api_version: &str, kind: &str) -> bool {
         self.resource_for(api_version, kind).await.is_ok()
+    }
+}
+
+impl Applier {
+    /// Creates a namespace (a component's, when missing). Namespaces are never deleted.
+    pub async fn create_namespace(&self, name: &str) -> Result<Value, ApplyError> {
+        self.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+            .await
+    }
+
+    /// Sets the enrolment labels on a namespace under their own field manager; `labels` empty
+    /// takes off exactly the labels set before, and nothing else.
+    pub async fn set_namespace_labels(&self, name: &str, labels: &Value) -> Result<(), ApplyError> {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let mut patch =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        if labels.as_object().is_some_and(|l| !l.is_empty()) {
+            patch["metadata"]["labels"] = labels.clone();
+        }
+        self.writes.inc();
+        api.patch(
+            name,
+            &PatchParams::apply(ENROLLMENT_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| ApplyError::Kube {
+            key: format!("Namespace {name}"),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Adds `finalizer` to an IstioInstall (the resourceVersion makes it fail rather than
+    /// clobber a concurrent change).
+    pub async fn add_finalizer(
+        &self,
+        ii: &IstioInstall,
+        finalizer: &str,
+    ) -> Result<(), ApplyError> {
+        let mut finalizers = ii.finalizers().to_vec();
+        finalizers.push(finalizer.to_string());
+        self.patch_finalizers(ii, finalizers).await
+    }
+
+    /// Removes `finalizer` from an IstioInstall; one already gone is not an error.
+    pub async fn remove_finalizer(
+        &self,
+        ii: &IstioInstall,
+        finalizer: &str,
+    ) -> Result<(), ApplyError> {
+        let finalizers = ii
+            .finalizers()
+            .iter()
+            .filter(|f| *f != finalizer)
+            .cloned()
+            .collect();
+        match self.patch_finalizers(ii, finalizers).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn patch_finalizers(
+        &self,
+        ii: &IstioInstall,
+        finalizers: Vec<String>,
+    ) -> Result<(), ApplyError> {
+        let api: Api<IstioInstall> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": ii.resource_version()}});
+        self.writes.inc();
+        api.patch(
+            &ii.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|source| ApplyError::Kube {
+            key: format!("IstioInstall {}", ii.name_any()),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Server-side apply of an IstioInstall's status.
+    pub async fn write_status(
+        &self,
+        ii: &IstioInstall,
+        status: &IstioInstallStatus,
+    ) -> Result<(), ApplyError> {
+        let api: Api<IstioInstall> = Api::all(self.client.clone());
+        let patch = json!({
+            "apiVersion": IstioInstall::api_version(&()),
+            "kind": IstioInstall::kind(&()),
+            "status": status,
+        });
+        self.writes.inc();
+        api.patch_status(
+            &ii.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| ApplyError::Kube {
+            key: format!("IstioInstall {} (status)", ii.name_any()),
+            source,
+        })?;
+        Ok(())
     }
 }
 

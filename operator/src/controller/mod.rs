@@ -6,32 +6,30 @@
 //! as the rollout moves. Every reconcile re-reads the live objects and writes only what differs,
 //! so a restarted operator resumes where the cluster is and sends no writes when nothing changed.
 
-mod events;
 pub mod leader;
+mod observe;
 mod uninstall;
 
-use crate::api::{
-    IGNORE_ANNOTATION, IstioInstall, IstioInstallStatus, MANAGER, PAUSED_ANNOTATION, Waypoint,
-};
+use crate::api::{IstioInstall, IstioInstallStatus, MANAGER, PAUSED_ANNOTATION};
+use crate::apply::events::{EventType, EventWriter};
 use crate::apply::{Applier, ApplyError};
-use crate::plan::conflict::{Claimant, claims, find_conflict};
-use crate::plan::ownership::{self, OtherInstall};
-use crate::plan::{self, Health, ObjectKey, Owner, Plan, Step};
-use crate::render::waypoints::{self, ENROLLED_BY_LABEL};
+use crate::decide::{self, Decision, Next, Observed, Settlement, WriteFailure, Writes};
+use crate::plan::claims::{Claims, Held, OtherInstallClaims};
+use crate::plan::{self, ObjectKey, Owner, conflict};
+use crate::render::waypoints;
 use crate::render::{self, INSTALL_LABEL};
-use crate::status::{self, ComponentReport, Outcome, State};
+use crate::status::{self, Outcome, State};
 use crate::telemetry::{ApiHealth, ComponentLabels, ErrorLabels, Fault, Metrics, ReconcileTimer};
 use crate::upgrade::{self, Direction};
 use crate::validate::{self, ComponentKind, ValidatedInstall};
-use events::{EventType, EventWriter};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DynamicObject, PartialObjectMeta, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,15 +38,6 @@ use std::time::Duration;
 pub const FINALIZER: &str = "istioinstall.io/uninstall";
 /// Selector of everything the operator writes.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=istio-install-operator";
-/// Field manager of the namespace enrolment labels (kept apart so removing them is exact).
-const ENROLLMENT_MANAGER: &str = "istio-install-operator-enrollment";
-
-const WHILE_PROGRESSING: Duration = Duration::from_secs(5);
-const WHEN_READY: Duration = Duration::from_secs(300);
-const WHEN_BLOCKED: Duration = Duration::from_secs(60);
-/// Stalled on what another install holds: checked again soon, since a change to that install
-/// (a revision tag or component moved to this one) frees it.
-const WHEN_CONTESTED: Duration = Duration::from_secs(5);
 
 /// Shared state of the reconcilers.
 pub struct Context {
@@ -57,6 +46,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub installs: Store<IstioInstall>,
     pub policy: validate::Policy,
+    /// The watch caches every reconcile observes from.
+    caches: observe::Caches,
+    /// What each install holds, by UID: (generation, claims), so other installs are rendered
+    /// once per generation, not on every reconcile.
+    held: Mutex<HashMap<String, (i64, Arc<Held>)>>,
     /// Consecutive failures per install, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// How the API server has been answering this controller's requests.
@@ -100,8 +94,12 @@ fn owner_of(ii: &IstioInstall) -> Owner {
 /// IstioInstall holds, the others go on being reconciled.
 async fn reconcile(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Action, Error> {
     use futures::FutureExt;
+    use tracing::Instrument;
+    // Every log line of this reconcile names the install.
+    let span = tracing::info_span!("reconcile", install = %ii.name_any());
     match std::panic::AssertUnwindSafe(reconcile_one(ii.clone(), ctx))
         .catch_unwind()
+        .instrument(span)
         .await
     {
         Ok(result) => result,
@@ -127,7 +125,7 @@ async fn reconcile_one(ii: Arc<IstioInstall>, ctx: Arc<Context>) -> Result<Actio
     if result.is_ok() {
         ctx.failures
             .lock()
-            .expect("not poisoned")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&ii.name_any());
     } else if let Some(fault) = ctx.api_health.lasting_fault(API_FAULT_SHOWN_AFTER) {
         api_fault(&ii, &ctx, fault).await;
@@ -162,7 +160,9 @@ async fn api_fault(ii: &IstioInstall, ctx: &Context, fault: Fault) {
 
 async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     let name = ii.name_any();
-    ensure_finalizer(ii, ctx).await?;
+    if !ii.finalizers().iter().any(|f| f == FINALIZER) {
+        ctx.applier.add_finalizer(ii, FINALIZER).await?;
+    }
     if ii
         .annotations()
         .get(PAUSED_ANNOTATION)
@@ -171,6 +171,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         return paused(ii, ctx).await;
     }
 
+    // read → validate
     let validated = match validate::validate_with(&ii.spec, &ctx.policy) {
         Ok(v) => v,
         Err(e) => {
@@ -179,18 +180,17 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         }
     };
     let desired_version = Some(validated.release.to_string());
-
-    if let Some(message) = conflict(ii, &validated, ctx) {
+    let claims = ctx.claims_of_others(ii);
+    if let Some(message) = claims.conflict(&name, created(ii), conflict::claims(&validated)) {
         stall(ii, ctx, "Conflict", message, desired_version).await?;
-        return Ok(Action::requeue(WHEN_CONTESTED));
+        return Ok(Action::requeue(decide::WHEN_CONTESTED));
     }
-
     let preflight = match preflight(ii, &validated, ctx).await {
         Ok(p) => p,
         Err(refusal) => {
             stall(ii, ctx, refusal.reason, refusal.message, desired_version).await?;
             return Ok(if refusal.cluster_side {
-                Action::requeue(WHEN_BLOCKED)
+                Action::requeue(decide::WHEN_BLOCKED)
             } else {
                 Action::await_change()
             });
@@ -200,6 +200,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         announce(ii, ctx, &preflight, &validated).await;
     }
 
+    // → render → plan
     let mut rendered = match render::render(&validated, Some(&name)) {
         Ok(r) => r,
         Err(e) => {
@@ -221,131 +222,115 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     }
     let mut plan = plan::plan(rendered, &owner_of(ii));
     upgrade::order_steps(&mut plan.steps, &preflight.direction);
-    ensure_namespaces(&plan, ctx).await?;
+    let enrolments = waypoints::enrolments(&ii.spec.waypoints, &name);
+    let release = validated.release.to_string();
+    let uid = ii.uid().unwrap_or_default();
+    let input = decide::Input {
+        install: &name,
+        uid: &uid,
+        plan: &plan,
+        release: &release,
+        direction: &preflight.direction,
+        missing_gateway_api: (!gateway_api).then_some(MISSING_GATEWAY_API),
+        enrolments: &enrolments,
+        claims: &claims,
+    };
 
-    let version = validated.release.to_string();
-    let mut components = Vec::new();
-    let mut waiting_for: Option<(String, String)> = None;
-    for step in &plan.steps {
-        if let Some((blocker, _)) = &waiting_for {
-            components.push(ComponentReport {
-                name: step.component_name.clone(),
-                version: None,
-                ready: false,
-                message: Some(format!("waiting for {blocker}")),
-            });
-            continue;
-        }
-        let progress = match apply_step(step, &name, ctx).await {
-            Ok(p) => p,
-            Err(e) => {
-                let (state, result) = step_failure(e, &step.component_name);
-                // The failed component and those after it keep the versions the status had:
-                // the next reconcile must decide the order from what was really applied.
-                let message = match &state {
-                    State::Progressing { message, .. } | State::Stalled { message, .. } => {
-                        message.clone()
-                    }
-                    _ => String::new(),
-                };
-                let failed_at = components.len();
-                for (i, rest) in plan.steps[failed_at..].iter().enumerate() {
-                    components.push(ComponentReport {
-                        name: rest.component_name.clone(),
-                        version: None,
-                        ready: false,
-                        message: Some(if i == 0 {
-                            message.clone()
-                        } else {
-                            format!("waiting for {}", step.component_name)
-                        }),
+    // → decide ⇄ apply, one component at a time, then settle
+    let mut observed = observe::observe(ii, &plan, &enrolments, ctx).await?;
+    let mut write_error = None;
+    let settlement = loop {
+        match decide::decide(&input, &observed) {
+            Decision::Apply(writes) => {
+                observed.applied.insert(writes.step);
+                if let Err(e) = execute(&writes, &mut observed, ctx).await {
+                    observed.failure = Some(WriteFailure {
+                        step: writes.step,
+                        transient: e.is_transient(),
+                        forbidden: e.is_forbidden(),
+                        message: e.to_string(),
                     });
+                    write_error = Some(e);
                 }
-                finish(
-                    ii,
-                    ctx,
-                    Outcome {
-                        state,
-                        desired_version,
-                        components,
-                    },
-                )
-                .await?;
-                return result;
             }
-        };
+            Decision::Settle(settlement) => break settlement,
+        }
+    };
+    for c in &settlement.outcome.components {
         ctx.metrics
             .component_ready
             .get_or_create(&ComponentLabels {
                 install: name.clone(),
-                component: step.component_name.clone(),
+                component: c.name.clone(),
             })
-            .set(i64::from(progress.is_none()));
-        if let Some(message) = &progress {
-            waiting_for = Some((step.component_name.clone(), message.clone()));
-        }
-        components.push(ComponentReport {
-            name: step.component_name.clone(),
-            version: Some(version.clone()),
-            ready: progress.is_none(),
-            message: progress,
-        });
+            .set(i64::from(c.ready));
     }
-    if !gateway_api {
-        components.push(ComponentReport {
-            name: "waypoints".into(),
-            version: None,
-            ready: false,
-            message: Some(MISSING_GATEWAY_API.into()),
-        });
+    settle(ii, ctx, &settlement).await?;
+    finish(ii, ctx, settlement.outcome).await?;
+    match (settlement.next, write_error) {
+        (Next::Backoff, Some(e)) => Err(e.into()),
+        (Next::After(after), _) => Ok(Action::requeue(after)),
+        (Next::Backoff, None) => Ok(Action::requeue(decide::WHILE_PROGRESSING)),
     }
+}
 
-    let (state, action) = match (waiting_for, gateway_api) {
-        (Some((component, message)), _) => {
-            let (reason, message) = match &preflight.direction {
-                Direction::Upgrade { from } => (
-                    "Upgrading",
-                    format!("{from} to {version}: {component}: {message}"),
-                ),
-                Direction::Downgrade { from } => (
-                    "Downgrading",
-                    format!("{from} to {version}: {component}: {message}"),
-                ),
-                _ => ("RollingOut", format!("{component}: {message}")),
-            };
-            (
-                State::Progressing {
-                    reason: reason.into(),
-                    message,
-                },
-                Action::requeue(WHILE_PROGRESSING),
-            )
-        }
-        (None, false) => (
-            State::Stalled {
-                reason: "MissingGatewayAPI".into(),
-                message: MISSING_GATEWAY_API.into(),
-            },
-            Action::requeue(WHEN_BLOCKED),
-        ),
-        (None, true) => {
-            // Only a fully healthy install is pruned: an upgrade never removes what still serves.
-            prune(&plan, ii, ctx).await?;
-            enrol_namespaces(&ii.spec.waypoints, &name, ctx).await?;
-            (State::Ready, Action::requeue(WHEN_READY))
-        }
-    };
-    finish(
-        ii,
-        ctx,
-        Outcome {
-            state,
-            desired_version,
-            components,
-        },
-    )
-    .await?;
-    Ok(action)
+/// Writes one component's objects (namespaces first) and records the API server's answers as
+/// the observed state.
+async fn execute(
+    writes: &Writes,
+    observed: &mut Observed,
+    ctx: &Context,
+) -> Result<(), ApplyError> {
+    for ns in &writes.namespaces {
+        let live = ctx.applier.create_namespace(ns).await?;
+        let labels = live["metadata"]["labels"].clone();
+        observed.namespaces.insert(ns.clone(), labels);
+    }
+    for desired in &writes.objects {
+        let key = ObjectKey::of(desired);
+        tracing::info!(object = %key, "applying");
+        let live = ctx.applier.apply(desired).await?;
+        observed.live.insert(key, live);
+    }
+    Ok(())
+}
+
+/// Carries out what a settled reconcile decided besides its status: prunes (with an Event
+/// each) and namespace labels.
+async fn settle(ii: &IstioInstall, ctx: &Context, s: &Settlement) -> Result<(), Error> {
+    for note in &s.notes {
+        tracing::warn!(install = %ii.name_any(), "{note}");
+    }
+    for (key, other) in &s.handovers {
+        tracing::info!(object = %key, to = %other, "handing over, not pruning");
+    }
+    for key in &s.prunes {
+        tracing::info!(object = %key, "pruning");
+        ctx.applier.delete(key).await?;
+        publish(
+            ctx,
+            ii,
+            EventType::Normal,
+            "Pruned",
+            format!("deleted {key}, no longer part of the install"),
+        )
+        .await;
+    }
+    for (ns, labels) in &s.enrol {
+        ctx.applier.set_namespace_labels(ns, labels).await?;
+    }
+    for ns in &s.unenrol {
+        ctx.applier.set_namespace_labels(ns, &json!({})).await?;
+    }
+    Ok(())
+}
+
+fn created(ii: &IstioInstall) -> i64 {
+    ii.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX)
 }
 
 /// The upgrade preflight: is moving from what the status says is installed to `validated` a
@@ -431,215 +416,6 @@ async fn stall(
     .await
 }
 
-/// What a failed step means for the install: an object held by another install or refused by
-/// the API server stalls it (retried now and then); anything else is retried with backoff.
-fn step_failure(e: StepError, component: &str) -> (State, Result<Action, Error>) {
-    match e {
-        // Later components are not touched until this one recovers; the watch on the
-        // workload brings the install back when it does.
-        StepError::RolloutFailed(message) => (
-            State::Stalled {
-                reason: "RolloutFailed".into(),
-                message: format!("component {component}: {message}"),
-            },
-            Ok(Action::requeue(WHEN_BLOCKED)),
-        ),
-        StepError::Blocked(message) => (
-            State::Stalled {
-                reason: "ObjectConflict".into(),
-                message,
-            },
-            Ok(Action::requeue(WHEN_CONTESTED)),
-        ),
-        StepError::Api(e) if !e.is_transient() => (
-            State::Stalled {
-                reason: if e.is_forbidden() {
-                    "Forbidden"
-                } else {
-                    "ApplyRejected"
-                }
-                .into(),
-                message: format!("component {component}: {e}"),
-            },
-            Ok(Action::requeue(WHEN_BLOCKED)),
-        ),
-        StepError::Api(e) => (
-            State::Progressing {
-                reason: "ApplyFailed".into(),
-                message: format!("component {component}: {e} (retrying)"),
-            },
-            Err(e.into()),
-        ),
-    }
-}
-
-enum StepError {
-    /// The object exists and belongs to someone else.
-    Blocked(String),
-    /// A rollout of this component will not finish without a change (its message).
-    RolloutFailed(String),
-    Api(ApplyError),
-}
-
-impl From<ApplyError> for StepError {
-    fn from(e: ApplyError) -> Self {
-        StepError::Api(e)
-    }
-}
-
-/// Applies one component's objects (only those that differ from the cluster) and returns what
-/// it still waits for, if anything.
-async fn apply_step(
-    step: &Step,
-    install: &str,
-    ctx: &Context,
-) -> Result<Option<String>, StepError> {
-    let mut waiting = None;
-    // Reads go out together; writes then follow in the planned order.
-    let keys: Vec<ObjectKey> = step.keys().collect();
-    let lives = futures::future::try_join_all(keys.iter().map(|k| ctx.applier.get(k))).await?;
-    for ((desired, key), live) in step.objects.iter().zip(keys).zip(lives) {
-        // What an uninstalled install left behind on purpose (CRDs) is adopted, and so is what
-        // another one let go of (a revision tag moved from one install to the other); what no
-        // Istio install made is never taken over.
-        let other = |holder: &str| match ctx.installs.get(&ObjectRef::new(holder)) {
-            Some(o) if o.metadata.deletion_timestamp.is_none() => {
-                match rendered_keys(&o, &ctx.policy) {
-                    Some(keys) if keys.contains(&key) => OtherInstall::Renders,
-                    Some(_) => OtherInstall::LetGo,
-                    None => OtherInstall::Unknown,
-                }
-            }
-            _ => OtherInstall::Absent,
-        };
-        ownership::may_write(live.as_ref(), install, other)
-            .map_err(|why| StepError::Blocked(format!("{key} {why}")))?;
-        let mut desired = desired.clone();
-        let intent = plan::stamp_intent(&mut desired);
-        plan::yield_co_owned(&mut desired, live.as_ref());
-        let current = match live {
-            Some(live) if plan::is_ignored(&live) => {
-                tracing::info!(object = %key, "left as it is (annotation {IGNORE_ANNOTATION})");
-                live
-            }
-            Some(live)
-                if !plan::intent_changed(&live, &intent)
-                    && !plan::needs_write(&desired, Some(&live)) =>
-            {
-                live
-            }
-            _ => {
-                tracing::info!(object = %key, "applying");
-                ctx.metrics.writes.inc();
-                ctx.applier.apply(&desired).await?
-            }
-        };
-        match plan::health(&current) {
-            Health::Ready => {}
-            Health::Progressing(m) => {
-                waiting.get_or_insert(m);
-            }
-            Health::Failed(m) => return Err(StepError::RolloutFailed(m)),
-        }
-    }
-    Ok(waiting)
-}
-
-/// Component namespaces are created when missing and never deleted (users' workloads may
-/// live there too).
-async fn ensure_namespaces(plan: &Plan, ctx: &Context) -> Result<(), Error> {
-    for ns in &plan.namespaces {
-        let key = ObjectKey {
-            api_version: "v1".into(),
-            kind: "Namespace".into(),
-            namespace: None,
-            name: ns.clone(),
-        };
-        if ctx.applier.get(&key).await?.is_none() {
-            ctx.metrics.writes.inc();
-            ctx.applier
-                .apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// The live objects this install owns: labelled as its own *and* pointing at its UID (labels
-/// alone can be copied onto anyone's object).
-async fn list_owned(ii: &IstioInstall, ctx: &Context) -> Result<Vec<Value>, Error> {
-    let uid = ii.uid().unwrap_or_default();
-    let selector = format!("{MANAGED_SELECTOR},{INSTALL_LABEL}={}", ii.name_any());
-    let selector = selector.as_str();
-    let lists = futures::future::join_all(
-        crate::apply::prunable_kinds().map(|(api_version, kind)| async move {
-            (kind, ctx.applier.list(api_version, kind, selector).await)
-        }),
-    )
-    .await;
-    let mut out = Vec::new();
-    for (kind, list) in lists {
-        // A list that fails (forbidden included) is an error: reading it as "nothing owned"
-        // would end an uninstall with objects left behind.
-        match list {
-            Ok(items) => out.extend(items),
-            Err(e) => {
-                tracing::warn!(kind, error = %e, "cannot list owned objects");
-                return Err(e.into());
-            }
-        }
-    }
-    out.retain(|o| {
-        o["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()))
-    });
-    Ok(out)
-}
-
-/// Install order of a component label value (unknown names are gateways).
-pub(crate) fn component_rank(component: &str) -> usize {
-    ComponentKind::from_label(component).install_rank()
-}
-
-async fn prune(plan: &Plan, ii: &IstioInstall, ctx: &Context) -> Result<(), Error> {
-    let live = list_owned(ii, ctx).await?;
-    let mut doomed = plan::prune_set(plan, &live, &ii.uid().unwrap_or_default());
-    doomed.sort_by_key(|o| {
-        std::cmp::Reverse(component_rank(
-            o["metadata"]["labels"][render::COMPONENT_LABEL]
-                .as_str()
-                .unwrap_or_default(),
-        ))
-    });
-    // What another install renders is handed over, not deleted: it adopts the object as it is,
-    // so a moved revision tag never goes missing in between.
-    let wanted = if doomed.is_empty() {
-        HashMap::new()
-    } else {
-        wanted_by_others(ii, ctx)
-    };
-    for o in doomed {
-        let key = ObjectKey::of(o);
-        if let Some(other) = wanted.get(&key) {
-            tracing::info!(object = %key, to = %other, "handing over, not pruning");
-            continue;
-        }
-        tracing::info!(object = %key, "pruning");
-        ctx.metrics.writes.inc();
-        ctx.applier.delete(&key).await?;
-        publish(
-            ctx,
-            ii,
-            EventType::Normal,
-            "Pruned",
-            format!("deleted {key}, no longer part of the install"),
-        )
-        .await;
-    }
-    Ok(())
-}
-
 /// A paused install: nothing is written for it. The status keeps what it said (with the
 /// `observedGeneration` it had, so a spec changed meanwhile reads as not yet applied) plus a
 /// `Paused` condition.
@@ -671,120 +447,56 @@ async fn paused(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// The keys of the objects an install renders now; `None` when its spec does not validate or
-/// render (then it keeps what it holds).
-fn rendered_keys(
-    ii: &IstioInstall,
-    policy: &validate::Policy,
-) -> Option<std::collections::HashSet<ObjectKey>> {
-    let v = validate::validate_with(&ii.spec, policy).ok()?;
-    render::render(&v, ii.metadata.name.as_deref())
+impl Context {
+    /// What every other install claims now. Each install is validated and rendered once per
+    /// generation (memoised), not once per contested object.
+    fn claims_of_others(&self, ii: &IstioInstall) -> Claims {
+        let me = ii.name_any();
+        let installs = self.installs.state();
+        let mut memo = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        memo.retain(|uid, _| {
+            installs
+                .iter()
+                .any(|o| o.uid().as_deref() == Some(uid.as_str()))
+        });
+        let mut others = Vec::new();
+        for other in installs.iter().filter(|o| o.name_any() != me) {
+            let uid = other.uid().unwrap_or_default();
+            let generation = other.metadata.generation.unwrap_or(0);
+            let held = match memo.get(&uid) {
+                Some((g, held)) if *g == generation => held.clone(),
+                _ => {
+                    let held = Arc::new(held_by(other, &self.policy));
+                    memo.insert(uid, (generation, held.clone()));
+                    held
+                }
+            };
+            others.push(OtherInstallClaims {
+                name: other.name_any(),
+                created: created(other),
+                deleting: other.metadata.deletion_timestamp.is_some(),
+                held,
+            });
+        }
+        Claims::new(others)
+    }
+}
+
+/// What an install's spec claims: its components and the keys of the objects it renders.
+fn held_by(ii: &IstioInstall, policy: &validate::Policy) -> Held {
+    let Ok(v) = validate::validate_with(&ii.spec, policy) else {
+        return Held::default();
+    };
+    let objects = render::render(&v, ii.metadata.name.as_deref())
         .ok()
-        .map(|objects| objects.iter().map(|o| ObjectKey::of(&o.object)).collect())
-}
-
-/// Objects other installs (not being deleted) render, by key → install name.
-fn wanted_by_others(ii: &IstioInstall, ctx: &Context) -> HashMap<ObjectKey, String> {
-    let me = ii.name_any();
-    let mut wanted = HashMap::new();
-    for other in ctx.installs.state() {
-        if other.name_any() == me || other.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        for key in rendered_keys(&other, &ctx.policy).unwrap_or_default() {
-            wanted.insert(key, other.name_any());
-        }
+        .map(|objects| objects.iter().map(|o| ObjectKey::of(&o.object)).collect());
+    Held {
+        components: Some(conflict::claims(&v)),
+        objects,
     }
-    wanted
-}
-
-/// Labels namespaces for ambient mode and waypoint use, and takes the labels off namespaces no
-/// waypoint asks for any more (only the labels this operator set).
-async fn enrol_namespaces(
-    waypoints: &[Waypoint],
-    install: &str,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let wanted = waypoints::enrolments(waypoints, install);
-    let enrolled = ctx
-        .applier
-        .list("v1", "Namespace", &format!("{ENROLLED_BY_LABEL}={install}"))
-        .await?;
-    let client = ctx.applier.client().clone();
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
-    let params = PatchParams::apply(ENROLLMENT_MANAGER).force();
-    for (ns, labels) in &wanted {
-        let Some(live) = namespaces.get_opt(ns).await? else {
-            tracing::warn!(namespace = %ns, "waypoint namespace does not exist; not enrolled");
-            continue;
-        };
-        let live_labels = serde_json::to_value(&live.metadata.labels).unwrap_or_default();
-        if plan::needs_write(labels, Some(&live_labels)) {
-            ctx.metrics.writes.inc();
-            let patch = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}});
-            namespaces.patch(ns, &params, &Patch::Apply(&patch)).await?;
-        }
-    }
-    for o in enrolled {
-        let ns = o["metadata"]["name"].as_str().unwrap_or_default();
-        if !wanted.iter().any(|(n, _)| n == ns) {
-            ctx.metrics.writes.inc();
-            let patch = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            namespaces.patch(ns, &params, &Patch::Apply(&patch)).await?;
-        }
-    }
-    Ok(())
-}
-
-fn conflict(ii: &IstioInstall, v: &ValidatedInstall, ctx: &Context) -> Option<String> {
-    let created = |i: &IstioInstall| {
-        i.metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(i64::MAX)
-    };
-    let me = Claimant {
-        name: &ii.metadata.name.clone().unwrap_or_default(),
-        created: created(ii),
-        claims: claims(v),
-    };
-    let installs = ctx.installs.state();
-    let others: Vec<Claimant> = installs
-        .iter()
-        .filter(|o| o.metadata.deletion_timestamp.is_none())
-        .filter_map(|o| {
-            let v = validate::validate_with(&o.spec, &ctx.policy).ok()?;
-            Some(Claimant {
-                name: o.metadata.name.as_deref().unwrap_or_default(),
-                created: created(o),
-                claims: claims(&v),
-            })
-        })
-        .collect();
-    find_conflict(&me, &others).map(|(owner, claim)| {
-        format!("{claim} is already managed by IstioInstall {owner:?}; disable it here (spec.components) or delete one of the two installs")
-    })
-}
-
-async fn ensure_finalizer(ii: &IstioInstall, ctx: &Context) -> Result<(), Error> {
-    if ii.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let api: Api<IstioInstall> = Api::all(ctx.applier.client().clone());
-    let mut finalizers = ii.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    // The resourceVersion makes this fail rather than clobber a concurrent change.
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": ii.resource_version()}});
-    ctx.metrics.writes.inc();
-    api.patch(
-        &ii.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Writes the status (only when it changed) and publishes an Event when the state changed.
@@ -831,20 +543,7 @@ async fn write_status(
     ctx: &Context,
     status: &IstioInstallStatus,
 ) -> Result<(), Error> {
-    let api: Api<IstioInstall> = Api::all(ctx.applier.client().clone());
-    let patch = json!({
-        "apiVersion": IstioInstall::api_version(&()),
-        "kind": IstioInstall::kind(&()),
-        "status": status,
-    });
-    ctx.metrics.writes.inc();
-    api.patch_status(
-        &ii.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    Ok(ctx.applier.write_status(ii, status).await?)
 }
 
 async fn publish(ctx: &Context, ii: &IstioInstall, type_: EventType, reason: &str, note: String) {
@@ -865,7 +564,10 @@ fn error_policy(ii: Arc<IstioInstall>, error: &Error, ctx: Arc<Context>) -> Acti
             category: error.category().to_string(),
         })
         .inc();
-    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let mut failures = ctx
+        .failures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let n = failures.entry(ii.name_any()).or_insert(0);
     *n = n.saturating_add(1);
     // 1 s, 2 s, 4 s … capped at 5 minutes.
@@ -921,38 +623,42 @@ pub async fn run(
             "cannot list IstioInstalls ({e}); is the CRD installed? `istio-install-operator crd | kubectl apply -f -`"
         );
     }
-    let wc = || {
-        watcher::Config::default()
-            .labels(MANAGED_SELECTOR)
-            .any_semantic()
-    };
     let controller = Controller::new(installs, watcher::Config::default().any_semantic())
         .with_config(ControllerConfig::default().concurrency(opts.concurrency));
     let store = controller.store();
+    let applier = Applier::new(request.clone(), metrics.writes.clone());
+    // One watch per kind of the table (an optional kind whose CRD is missing is watched once it
+    // is served). Each fills the cache reconciles observe from, and wakes the install its
+    // objects belong to.
+    let mut kinds = Vec::new();
+    let mut later = Vec::new();
+    for kind in crate::kinds::watched() {
+        if kind.optional && !applier.serves(kind.api_version, kind.kind).await {
+            tracing::info!(
+                kind = kind.kind,
+                "not served by the API server; watched once it is"
+            );
+            later.push(kind);
+            continue;
+        }
+        kinds.push(kind);
+    }
+    let (caches, streams) = observe::Caches::start(&client, &kinds, &later);
+    let mut controller = controller;
+    for (ar, stream) in streams {
+        controller = controller.watches_stream_with(stream, by_install_label, ar);
+    }
     let ctx = Arc::new(Context {
-        applier: Applier::new(request.clone()),
+        applier,
         events: EventWriter::new(request, MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
         installs: store.clone(),
         policy: opts.policy,
+        caches,
+        held: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         api_health: request_health,
     });
-    // One metadata watch per kind of the table that the API server serves (an optional kind
-    // whose CRD is missing is skipped; the periodic recheck covers what it would have woken).
-    let mut controller = controller;
-    for kind in crate::kinds::watched() {
-        let ar = crate::apply::api_resource(kind);
-        if kind.optional && !ctx.applier.serves(kind.api_version, kind.kind).await {
-            tracing::info!(
-                kind = kind.kind,
-                "not served by the API server; not watched"
-            );
-            continue;
-        }
-        let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar);
-        controller = controller.watches_with(api, ar, wc(), by_install_label);
-    }
     let readiness = {
         let store = store.clone();
         async move {

@@ -1,18 +1,21 @@
 //! Deleting an IstioInstall uninstalls it in reverse install order (waypoints, gateways,
-//! ztunnel, cni, istiod, base), one component per pass, then releases the finalizer.
+//! ztunnel, cni, istiod, base), one component per pass, then releases the finalizer; what each
+//! pass does is decided by `decide::uninstall`.
 //!
 //! It always completes: deletion does not wait for health, and an object that is already being
 //! deleted (say, held by someone else's finalizer) counts as gone. CRDs are never deleted, so
-//! users' Istio configuration survives an uninstall.
+//! users' Istio configuration survives an uninstall. What the install owns is listed from the
+//! API server, not from the caches: a cache that has not caught up must not end an uninstall
+//! with objects left behind.
 
-use super::events::EventType;
-use super::{Context, Error, FINALIZER, component_rank, enrol_namespaces, finish, list_owned};
+use super::observe::{list_enrolled, list_owned};
+use super::{Context, Error, FINALIZER, finish};
 use crate::api::{IGNORE_ANNOTATION, IstioInstall};
-use crate::plan::{ObjectKey, is_ignored};
-use crate::render::COMPONENT_LABEL;
+use crate::apply::events::EventType;
+use crate::decide::{self, UninstallStep};
+use crate::plan::ObjectKey;
 use crate::status::{Outcome, State};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 use std::time::Duration;
@@ -39,72 +42,37 @@ pub(super) async fn run(ii: &IstioInstall, ctx: &Context) -> Result<Action, Erro
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
-    // Objects marked to be left alone stay, and so do those already on their way out.
-    let (kept, owned): (Vec<_>, Vec<_>) = owned
-        .into_iter()
-        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
-        .partition(is_ignored);
-    let component = |o: &serde_json::Value| {
-        o["metadata"]["labels"][COMPONENT_LABEL]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
-    let last = owned.iter().map(|o| component_rank(&component(o))).max();
-    if let Some(rank) = last {
-        let doomed: Vec<_> = owned
-            .iter()
-            .filter(|o| component_rank(&component(o)) == rank)
-            .collect();
-        let name = component(doomed[0]);
-        for o in &doomed {
-            let key = ObjectKey::of(o);
-            tracing::info!(object = %key, "uninstalling");
-            ctx.metrics.writes.inc();
-            ctx.applier.delete(&key).await?;
+    match decide::uninstall(owned) {
+        UninstallStep::Delete { component, keys } => {
+            for key in &keys {
+                tracing::info!(object = %key, "uninstalling");
+                ctx.applier.delete(key).await?;
+            }
+            let message = format!("removing {component} ({} objects)", keys.len());
+            super::publish(ctx, ii, EventType::Normal, "Uninstalling", message.clone()).await;
+            let outcome = Outcome {
+                state: State::Uninstalling { message },
+                desired_version: None,
+                components: vec![],
+            };
+            finish(ii, ctx, outcome).await?;
+            Ok(Action::requeue(Duration::from_secs(1)))
         }
-        let message = format!("removing {name} ({} objects)", doomed.len());
-        super::publish(ctx, ii, EventType::Normal, "Uninstalling", message.clone()).await;
-        let outcome = Outcome {
-            state: State::Uninstalling { message },
-            desired_version: None,
-            components: vec![],
-        };
-        finish(ii, ctx, outcome).await?;
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        UninstallStep::Finish { release } => {
+            // A kept object loses its owner reference, or the garbage collector would delete
+            // it once the IstioInstall is gone.
+            let uid = ii.uid().unwrap_or_default();
+            for o in &release {
+                let key = ObjectKey::of(o);
+                tracing::info!(object = %key, "kept (annotation {IGNORE_ANNOTATION}); releasing it");
+                ctx.applier.release(o, &uid).await?;
+            }
+            for ns in list_enrolled(ii, ctx).await? {
+                ctx.applier.set_namespace_labels(&ns, &json!({})).await?;
+            }
+            ctx.applier.remove_finalizer(ii, FINALIZER).await?;
+            tracing::info!(install = %ii.name_any(), "uninstalled");
+            Ok(Action::await_change())
+        }
     }
-    // A kept object loses its owner reference, or the garbage collector would delete it once
-    // the IstioInstall is gone.
-    let uid = ii.uid().unwrap_or_default();
-    for o in &kept {
-        let key = ObjectKey::of(o);
-        tracing::info!(object = %key, "kept (annotation {IGNORE_ANNOTATION}); releasing it");
-        ctx.metrics.writes.inc();
-        ctx.applier.release(o, &uid).await?;
-    }
-    enrol_namespaces(&[], &ii.name_any(), ctx).await?;
-    let api: Api<IstioInstall> = Api::all(ctx.applier.client().clone());
-    let finalizers: Vec<String> = ii
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": ii.resource_version()}});
-    ctx.metrics.writes.inc();
-    match api
-        .patch(
-            &ii.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => return Err(e.into()),
-    }
-    tracing::info!(install = %ii.name_any(), "uninstalled");
-    Ok(Action::await_change())
 }

@@ -9,6 +9,7 @@
 //!   from ours we stop sending it, so we never fight istiod.
 //! - An HPA owns `replicas`; the templates never render it when autoscaling is on.
 
+pub mod claims;
 mod compare;
 pub mod conflict;
 mod health;
