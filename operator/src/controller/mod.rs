@@ -51,6 +51,8 @@ pub struct Context {
     /// What each install holds, by UID: (generation, claims), so other installs are rendered
     /// once per generation, not on every reconcile.
     held: Mutex<HashMap<String, (i64, Arc<Held>)>>,
+    /// What each install's last reconciles found, by UID (see `Memo`).
+    memos: Mutex<HashMap<String, Memo>>,
     /// Consecutive failures per install, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// How the API server has been answering this controller's requests.
@@ -171,13 +173,23 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         return paused(ii, ctx).await;
     }
 
-    // read → validate
-    let validated = match validate::validate_with(&ii.spec, &ctx.policy) {
-        Ok(v) => v,
-        Err(e) => {
-            stall(ii, ctx, "InvalidSpec", e.to_string(), None).await?;
-            return Ok(Action::await_change());
-        }
+    // read → validate (memoised per generation: the spec is all it depends on)
+    let uid = ii.uid().unwrap_or_default();
+    let generation = ii.metadata.generation.unwrap_or(0);
+    let memoised = ctx.memo(&uid, generation, |m| m.validated.clone());
+    let validated = match memoised {
+        Some(v) => v,
+        None => match validate::validate_with(&ii.spec, &ctx.policy) {
+            Ok(v) => {
+                let v = Arc::new(v);
+                ctx.remember(&uid, generation, |m| m.validated = Some(v.clone()));
+                v
+            }
+            Err(e) => {
+                stall(ii, ctx, "InvalidSpec", e.to_string(), None).await?;
+                return Ok(Action::await_change());
+            }
+        },
     };
     let desired_version = Some(validated.release.to_string());
     let claims = ctx.claims_of_others(ii);
@@ -200,31 +212,53 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         announce(ii, ctx, &preflight, &validated).await;
     }
 
-    // → render → plan
-    let mut rendered = match render::render(&validated, Some(&name)) {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = match e {
-                render::RenderError::Boundary { .. } => "Refused",
-                _ => "RenderFailed",
-            };
-            stall(ii, ctx, reason, e.to_string(), desired_version).await?;
-            return Ok(Action::await_change());
-        }
-    };
+    // → render → plan (memoised per generation and the two facts the plan also depends on)
     let gateway_api = ii.spec.waypoints.is_empty()
         || ctx
             .applier
             .serves("gateway.networking.k8s.io/v1", "Gateway")
             .await;
-    if !gateway_api {
-        rendered.retain(|r| r.component != ComponentKind::Waypoints);
-    }
-    let mut plan = plan::plan(rendered, &owner_of(ii));
-    upgrade::order_steps(&mut plan.steps, &preflight.direction);
+    let shape = PlanShape {
+        downgrade: matches!(preflight.direction, Direction::Downgrade { .. }),
+        gateway_api,
+    };
+    let memoised = ctx.memo(&uid, generation, |m| {
+        m.plan
+            .as_ref()
+            .filter(|(s, _)| *s == shape)
+            .map(|(_, p)| p.clone())
+    });
+    let plan = match memoised {
+        Some(plan) => plan,
+        None => {
+            let mut rendered = match render::render(&validated, Some(&name)) {
+                Ok(r) => r,
+                Err(e) => {
+                    let reason = match e {
+                        render::RenderError::Boundary { .. } => "Refused",
+                        _ => "RenderFailed",
+                    };
+                    stall(ii, ctx, reason, e.to_string(), desired_version).await?;
+                    return Ok(Action::await_change());
+                }
+            };
+            if !gateway_api {
+                rendered.retain(|r| r.component != ComponentKind::Waypoints);
+            }
+            let mut plan = plan::plan(rendered, &owner_of(ii));
+            upgrade::order_steps(&mut plan.steps, &preflight.direction);
+            for step in &mut plan.steps {
+                for object in &mut step.objects {
+                    plan::stamp_intent(object);
+                }
+            }
+            let plan = Arc::new(plan);
+            ctx.remember(&uid, generation, |m| m.plan = Some((shape, plan.clone())));
+            plan
+        }
+    };
     let enrolments = waypoints::enrolments(&ii.spec.waypoints, &name);
     let release = validated.release.to_string();
-    let uid = ii.uid().unwrap_or_default();
     let input = decide::Input {
         install: &name,
         uid: &uid,
@@ -238,6 +272,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
 
     // → decide ⇄ apply, one component at a time, then settle
     let mut observed = observe::observe(ii, &plan, &enrolments, ctx).await?;
+    observed.in_sync = ctx.in_sync(&uid, &plan, &observed);
     let mut write_error = None;
     let settlement = loop {
         match decide::decide(&input, &observed) {
@@ -264,6 +299,9 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
                 component: c.name.clone(),
             })
             .set(i64::from(c.ready));
+    }
+    if settlement.outcome.state == State::Ready {
+        ctx.remember_in_sync(&uid, &plan, &observed);
     }
     settle(ii, ctx, &settlement).await?;
     finish(ii, ctx, settlement.outcome).await?;
@@ -447,7 +485,110 @@ async fn paused(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// What a plan depends on besides the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PlanShape {
+    downgrade: bool,
+    gateway_api: bool,
+}
+
+/// What the controller remembers of one install between reconciles, valid for one generation
+/// of its spec: validating and rendering an unchanged spec again would give the same answer.
+#[derive(Default)]
+struct Memo {
+    generation: i64,
+    validated: Option<Arc<ValidatedInstall>>,
+    /// The plan, each object stamped with its intent digest.
+    plan: Option<(PlanShape, Arc<plan::Plan>)>,
+    /// Planned objects found to match their intent at a resourceVersion: (resourceVersion,
+    /// intent) by key. Kept across generations: the intent says which spec it matched.
+    in_sync: HashMap<ObjectKey, (String, String)>,
+}
+
 impl Context {
+    fn memo<T>(
+        &self,
+        uid: &str,
+        generation: i64,
+        read: impl FnOnce(&Memo) -> Option<T>,
+    ) -> Option<T> {
+        let memos = self
+            .memos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        memos
+            .get(uid)
+            .filter(|m| m.generation == generation)
+            .and_then(read)
+    }
+
+    fn remember(&self, uid: &str, generation: i64, write: impl FnOnce(&mut Memo)) {
+        let mut memos = self
+            .memos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Installs that are gone are forgotten.
+        let installs = self.installs.state();
+        memos.retain(|u, _| u == uid || installs.iter().any(|i| i.uid().as_deref() == Some(u)));
+        let memo = memos.entry(uid.to_string()).or_default();
+        if memo.generation != generation {
+            memo.generation = generation;
+            memo.validated = None;
+            memo.plan = None;
+        }
+        write(memo);
+    }
+
+    /// The planned keys whose live object is unchanged since it matched the same intent.
+    fn in_sync(
+        &self,
+        uid: &str,
+        plan: &plan::Plan,
+        observed: &Observed,
+    ) -> std::collections::HashSet<ObjectKey> {
+        let memos = self
+            .memos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(memo) = memos.get(uid) else {
+            return Default::default();
+        };
+        plan.steps
+            .iter()
+            .flat_map(|s| &s.objects)
+            .filter_map(|desired| {
+                let key = ObjectKey::of(desired);
+                let live = observed.live.get(&key)?;
+                let (rv, intent) = memo.in_sync.get(&key)?;
+                (live["metadata"]["resourceVersion"].as_str() == Some(rv.as_str())
+                    && plan::intent_of(desired) == Some(intent.as_str()))
+                .then_some(key)
+            })
+            .collect()
+    }
+
+    /// Records every planned object as matching its intent at its current resourceVersion
+    /// (called when a reconcile settled Ready: nothing was left to write).
+    fn remember_in_sync(&self, uid: &str, plan: &plan::Plan, observed: &Observed) {
+        let mut memos = self
+            .memos
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let memo = memos.entry(uid.to_string()).or_default();
+        memo.in_sync.clear();
+        for desired in plan.steps.iter().flat_map(|s| &s.objects) {
+            let key = ObjectKey::of(desired);
+            let (Some(live), Some(intent)) = (observed.live.get(&key), plan::intent_of(desired))
+            else {
+                continue;
+            };
+            if let Some(rv) = live["metadata"]["resourceVersion"].as_str() {
+                memo.in_sync
+                    .insert(key, (rv.to_string(), intent.to_string()));
+            }
+        }
+    }
+
     /// What every other install claims now. Each install is validated and rendered once per
     /// generation (memoised), not once per contested object.
     fn claims_of_others(&self, ii: &IstioInstall) -> Claims {
@@ -656,6 +797,7 @@ pub async fn run(
         policy: opts.policy,
         caches,
         held: Mutex::new(HashMap::new()),
+        memos: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         api_health: request_health,
     });

@@ -112,8 +112,9 @@ impl Caches {
     }
 
     /// Objects labelled as `install`'s and pointing at its UID (labels alone can be copied
-    /// onto anyone's object), from every cache.
-    fn owned(&self, install: &str, uid: &str) -> Vec<Value> {
+    /// onto anyone's object), from every cache, but those of `planned` (prune only looks at
+    /// what the plan does not have, and turning a cached object into JSON is not free).
+    fn owned(&self, install: &str, uid: &str, planned: &HashMap<ObjectKey, Value>) -> Vec<Value> {
         let mut out = Vec::new();
         for kind in crate::kinds::prunable() {
             let Some((ar, store)) = self.objects.get(kind.kind) else {
@@ -122,7 +123,13 @@ impl Caches {
             for o in store.state() {
                 let ours = o.labels().get(INSTALL_LABEL).is_some_and(|l| l == install)
                     && o.owner_references().iter().any(|r| r.uid == uid);
-                if ours {
+                let key = ObjectKey {
+                    api_version: ar.api_version.clone(),
+                    kind: ar.kind.clone(),
+                    namespace: o.namespace(),
+                    name: o.name_any(),
+                };
+                if ours && !planned.contains_key(&key) {
                     out.push(as_value(&o, ar));
                 }
             }
@@ -237,7 +244,7 @@ pub async fn observe(
     for (ns, labels) in caches.enrolled_by(&name) {
         observed.namespaces.entry(ns).or_insert(labels);
     }
-    observed.owned = caches.owned(&name, &ii.uid().unwrap_or_default());
+    observed.owned = caches.owned(&name, &ii.uid().unwrap_or_default(), &observed.live);
     Ok(observed)
 }
 

@@ -60,8 +60,12 @@ pub struct Observed {
     pub live: HashMap<ObjectKey, Value>,
     /// Existing namespaces and their labels.
     pub namespaces: HashMap<String, Value>,
-    /// Live objects labelled as this install's and carrying its UID (what prune looks at).
+    /// Live objects labelled as this install's and carrying its UID (what prune looks at;
+    /// those the plan has may be left out).
     pub owned: Vec<Value>,
+    /// Planned keys whose live object the controller vouches for: unchanged (same
+    /// resourceVersion) since it was found to match the same intent, so not compared again.
+    pub in_sync: HashSet<ObjectKey>,
     /// Steps (indexes into the plan) written in this reconcile: each is written at most once,
     /// so a field the API server never echoes back cannot make a reconcile loop.
     pub applied: HashSet<usize>,
@@ -268,11 +272,20 @@ fn step_state(i: usize, step: &plan::Step, input: &Input, observed: &Observed) -
         }) {
             return StepState::Blocked(format!("{key} {why}"));
         }
+        if let Some(live) = live
+            && (plan::is_ignored(live) || observed.in_sync.contains(&key))
+        {
+            lives.push(live);
+            continue;
+        }
         let mut desired = desired.clone();
-        let intent = plan::stamp_intent(&mut desired);
+        // A memoised plan comes stamped already.
+        let intent = match plan::intent_of(&desired) {
+            Some(intent) => intent.to_string(),
+            None => plan::stamp_intent(&mut desired),
+        };
         plan::yield_co_owned(&mut desired, live);
         match live {
-            Some(live) if plan::is_ignored(live) => lives.push(live),
             Some(live)
                 if observed.applied.contains(&i)
                     || (!plan::intent_changed(live, &intent)

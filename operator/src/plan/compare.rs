@@ -34,6 +34,11 @@ pub fn stamp_intent(desired: &mut Value) -> String {
     digest
 }
 
+/// The intent digest stamped into an object, if any.
+pub fn intent_of(obj: &Value) -> Option<&str> {
+    obj["metadata"]["labels"][INTENT_LABEL].as_str()
+}
+
 /// Whether the live object was last applied from a different intent (or never by us).
 pub fn intent_changed(live: &Value, digest: &str) -> bool {
     live["metadata"]["labels"][INTENT_LABEL].as_str() != Some(digest)

@@ -15,7 +15,9 @@ pub mod conflict;
 mod health;
 pub mod ownership;
 
-pub use compare::{INTENT_LABEL, intent_changed, needs_write, quantity_value, stamp_intent};
+pub use compare::{
+    INTENT_LABEL, intent_changed, intent_of, needs_write, quantity_value, stamp_intent,
+};
 pub use health::{Health, health};
 
 use crate::render::{RenderedObject, is_cluster_scoped};
