@@ -11,8 +11,10 @@ HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=//p' e2e/versions.env)
 HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
 REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
 OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
+# `make image` writes the operator's image here (an OCI image layout; the e2e tests read it).
+IMAGE_LAYOUT ?= $(CARGO_TARGET_DIR)/image/istio-install-operator
 
-.PHONY: all build test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
+.PHONY: all build image generate test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
 
 all: build
 
@@ -26,8 +28,22 @@ unit: tools
 	cargo test --release --locked --workspace --exclude istio-install-e2e
 	python3 e2e/reftool/selftest.py
 
+# The operator's OCI image, without a container daemon (e2e/build-image.sh; same image as the
+# Dockerfile). Also packed as an oci-archive tarball next to the layout.
+image: build
+	e2e/build-image.sh "$(OPERATOR)" "$(IMAGE_LAYOUT)"
+	tar -C "$(IMAGE_LAYOUT)" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$(IMAGE_LAYOUT).tar" .
+	@echo "oci-archive: $(IMAGE_LAYOUT).tar ($$(stat -c %s "$(IMAGE_LAYOUT).tar") bytes)"
+
 crds: build
 	$(OPERATOR) crd > crds/istioinstall.io_istioinstalls.yaml
+
+# Everything generated from the Rust sources (unit tests fail when any of it drifts): the CRD,
+# manifests/rbac.yaml, and the chart's CRD and RBAC templates.
+generate: crds
+	$(OPERATOR) rbac > manifests/rbac.yaml
+	$(OPERATOR) crd --helm > manifests/chart/templates/crd.yaml
+	$(OPERATOR) rbac --helm > manifests/chart/templates/rbac.yaml
 
 # `render` against every upstream digest in e2e/reference, field by field.
 parity: build tools

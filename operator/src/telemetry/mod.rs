@@ -33,6 +33,16 @@ pub struct ComponentLabels {
     pub component: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstallConditionLabels {
+    pub install: String,
+    /// Ready, Reconciling, Stalled or Paused.
+    pub condition: String,
+}
+
+/// The conditions `install_condition` reports (kstatus's three, and the pause switch).
+const REPORTED_CONDITIONS: [&str; 4] = ["Ready", "Reconciling", "Stalled", "Paused"];
+
 /// The operator's metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -40,6 +50,9 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub component_ready: Family<ComponentLabels, Gauge>,
+    /// 1 while an install's condition is True (what the dashboard counts and the Stalled alert
+    /// reads); set by [`Metrics::record_install_status`].
+    pub install_condition: Family<InstallConditionLabels, Gauge>,
     pub writes: Counter,
     /// Write requests the client sent (every POST, PUT, PATCH and DELETE but the Lease's).
     pub api_writes: Counter,
@@ -66,6 +79,7 @@ impl Default for Metrics {
             0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         let component_ready = Family::<ComponentLabels, Gauge>::default();
+        let install_condition = Family::<InstallConditionLabels, Gauge>::default();
         let writes = Counter::default();
         let api_writes = Counter::default();
         let fenced_writes = Counter::default();
@@ -102,6 +116,11 @@ impl Default for Metrics {
             component_ready.clone(),
         );
         registry.register(
+            "install_condition",
+            "1 while the IstioInstall's condition (Ready, Reconciling, Stalled, Paused) is True",
+            install_condition.clone(),
+        );
+        registry.register(
             "write_requests",
             "Write requests (apply, delete, status) sent to the API server",
             writes.clone(),
@@ -112,6 +131,7 @@ impl Default for Metrics {
             failures,
             duration,
             component_ready,
+            install_condition,
             writes,
             api_writes,
             fenced_writes,
@@ -123,6 +143,32 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records the conditions of a status just written for `install`.
+    pub fn record_install_status(&self, install: &str, status: &crate::api::IstioInstallStatus) {
+        for condition in REPORTED_CONDITIONS {
+            let value = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition && c.status == "True");
+            self.install_condition
+                .get_or_create(&InstallConditionLabels {
+                    install: install.to_string(),
+                    condition: condition.to_string(),
+                })
+                .set(i64::from(value));
+        }
+    }
+
+    /// Drops the series of an install that is gone (no stale Stalled after a delete).
+    pub fn forget_install(&self, install: &str) {
+        for condition in REPORTED_CONDITIONS {
+            self.install_condition.remove(&InstallConditionLabels {
+                install: install.to_string(),
+                condition: condition.to_string(),
+            });
+        }
+    }
+
     /// How long the oldest reconcile under way has been running.
     pub fn oldest_reconcile(&self) -> Option<std::time::Duration> {
         let in_flight = self.in_flight.lock().expect("not poisoned");
@@ -334,6 +380,37 @@ pub fn init_logging(json: bool) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn install_conditions_are_gauges_per_install_and_go_with_the_install() {
+        let metrics = Metrics::default();
+        let condition = |type_: &str, status: &str| {
+            serde_json::from_value(serde_json::json!({"type": type_, "status": status, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"})).unwrap()
+        };
+        let status = crate::api::IstioInstallStatus {
+            conditions: vec![
+                condition("Ready", "False"),
+                condition("Reconciling", "False"),
+                condition("Stalled", "True"),
+            ],
+            ..Default::default()
+        };
+        metrics.record_install_status("mesh", &status);
+        let text = metrics.encode();
+        for (condition, value) in [
+            ("Ready", 0),
+            ("Reconciling", 0),
+            ("Stalled", 1),
+            ("Paused", 0),
+        ] {
+            let line = format!(
+                "istio_install_operator_install_condition{{install=\"mesh\",condition=\"{condition}\"}} {value}"
+            );
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+        metrics.forget_install("mesh");
+        assert!(!metrics.encode().contains("install=\"mesh\""));
+    }
 
     #[test]
     fn liveness_fails_only_while_a_reconcile_outlives_the_limit() {
