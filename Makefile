@@ -37,6 +37,7 @@ image: build
 
 crds: build
 	$(OPERATOR) crd > crds/istioinstall.io_istioinstalls.yaml
+	$(OPERATOR) crd > manifests/crd.yaml
 
 # Everything generated from the Rust sources (unit tests fail when any of it drifts): the CRD,
 # manifests/rbac.yaml, and the chart's CRD and RBAC templates.

@@ -201,6 +201,10 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
         let server = tokio::spawn(telemetry::serve(listener, metrics.clone(), ready.clone()));
+        let conditions = tokio::spawn(telemetry::watch_install_conditions(
+            clients.watch.clone(),
+            metrics.clone(),
+        ));
         let controller_clients = || controller::Clients {
             watch: clients.watch.clone(),
             request: clients.request.clone(),
@@ -251,6 +255,7 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             controller::run(controller_clients(), metrics, ready, opts()).await
         };
         server.abort();
+        conditions.abort();
         result.map_err(|e| e.to_string())
     })
 }

@@ -254,6 +254,11 @@ mod tests {
             committed == crd_yaml(),
             "crds/istioinstall.io_istioinstalls.yaml is stale: run `make crds` and commit it"
         );
+        // kustomize reads nothing outside the kustomization's folder, so manifests/ has its own.
+        assert!(
+            include_str!("../../../manifests/crd.yaml") == crd_yaml(),
+            "manifests/crd.yaml is stale: run `make crds` and commit it"
+        );
     }
 
     #[test]

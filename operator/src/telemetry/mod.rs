@@ -40,6 +40,11 @@ pub struct InstallConditionLabels {
     pub condition: String,
 }
 
+/// The error categories of `reconcile_errors` (as `controller::Error::category` names them),
+/// created at 0 so that the series exist before the first error: a rate over an absent series is
+/// no data, not 0, and would hide the alert's ratio.
+const ERROR_CATEGORIES: [&str; 5] = ["forbidden", "unknown-kind", "apply", "kube", "panic"];
+
 /// The conditions `install_condition` reports (kstatus's three, and the pause switch).
 const REPORTED_CONDITIONS: [&str; 4] = ["Ready", "Reconciling", "Stalled", "Paused"];
 
@@ -65,6 +70,44 @@ pub struct Metrics {
     next_reconcile: std::sync::atomic::AtomicU64,
 }
 
+/// Keeps `install_condition` equal to the conditions the IstioInstalls' status shows, from a
+/// watch of its own (on every replica, leader or not: what the API says, as `kubectl get`
+/// shows it). Runs until the process ends; the watcher retries with backoff on errors.
+pub async fn watch_install_conditions(client: kube::Client, metrics: Arc<Metrics>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<crate::api::IstioInstall> = kube::Api::all(client);
+    // Installs with series, and those the current (re-)list has shown.
+    let mut recorded = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let Ok(event) = event else { continue };
+        match event {
+            watcher::Event::Init => seen.clear(),
+            watcher::Event::InitApply(ii) | watcher::Event::Apply(ii) => {
+                let name = kube::ResourceExt::name_any(&ii);
+                metrics.record_install_status(&name, &ii.status.unwrap_or_default());
+                recorded.insert(name.clone());
+                seen.insert(name);
+            }
+            watcher::Event::Delete(ii) => {
+                let name = kube::ResourceExt::name_any(&ii);
+                metrics.forget_install(&name);
+                recorded.remove(&name);
+            }
+            // A re-list: forget what it no longer holds.
+            watcher::Event::InitDone => {
+                for gone in recorded.difference(&seen) {
+                    metrics.forget_install(gone);
+                }
+                recorded = seen.clone();
+            }
+        }
+    }
+}
+
 /// A reconcile never waits (it requeues instead) and the API client times out well before
 /// this, so one still running after this long means the controller is stuck: `/livez` fails
 /// and the kubelet restarts the operator, which resumes from the cluster's state.
@@ -80,6 +123,13 @@ impl Default for Metrics {
         ]);
         let component_ready = Family::<ComponentLabels, Gauge>::default();
         let install_condition = Family::<InstallConditionLabels, Gauge>::default();
+        for category in ERROR_CATEGORIES {
+            failures
+                .get_or_create(&ErrorLabels {
+                    category: category.to_string(),
+                })
+                .inc_by(0);
+        }
         let writes = Counter::default();
         let api_writes = Counter::default();
         let fenced_writes = Counter::default();
@@ -410,6 +460,17 @@ mod tests {
         }
         metrics.forget_install("mesh");
         assert!(!metrics.encode().contains("install=\"mesh\""));
+    }
+
+    #[test]
+    fn every_error_category_is_exposed_at_zero_before_any_error() {
+        let text = Metrics::default().encode();
+        for category in ERROR_CATEGORIES {
+            let line = format!(
+                "istio_install_operator_reconcile_errors_total{{category=\"{category}\"}} 0"
+            );
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
     }
 
     #[test]
