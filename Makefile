@@ -83,7 +83,7 @@ e2e-test:
 	cargo test --release --locked --no-fail-fast -p istio-install-e2e -- --test-threads=2
 
 # Brings the cluster up, runs the e2e tests, and always takes the cluster down again.
-e2e: build e2e-binaries
+e2e: build e2e-binaries image
 	e2e/cluster.sh up
 	set -o pipefail; status=0; $(MAKE) --no-print-directory e2e-test || status=$$?; \
 	  [ $$status -eq 0 ] || e2e/cluster.sh logs; e2e/cluster.sh down; exit $$status
