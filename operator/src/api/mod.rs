@@ -239,6 +239,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_chart_is_versioned_with_the_operator() {
+        let chart = include_str!("../../../manifests/chart/Chart.yaml");
+        let version = env!("CARGO_PKG_VERSION");
+        for line in [
+            format!("\nversion: {version}\n"),
+            format!("\nappVersion: \"{version}\"\n"),
+        ] {
+            assert!(
+                chart.contains(&line),
+                "manifests/chart/Chart.yaml: expected {:?} (the operator's version), set it there",
+                line.trim()
+            );
+        }
+    }
+
+    #[test]
     fn the_charts_crd_template_is_the_generated_one() {
         let committed = include_str!("../../../manifests/chart/templates/crd.yaml");
         assert!(
