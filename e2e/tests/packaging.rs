@@ -712,10 +712,9 @@ fn unpack_image(root: &Path) -> Result<Value> {
         layers.len()
     );
     let layer = blob(&layout, layers[0]["digest"].as_str().unwrap_or_default());
-    let size: u64 = [&layer]
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
-        .sum();
+    let size = std::fs::metadata(&layer)
+        .with_context(|| format!("{} (run `make image`)", layer.display()))?
+        .len();
     eprintln!("image layer: {size} bytes compressed");
     let listing = run(
         Command::new("tar").args(["-tvzf", &layer.to_string_lossy()]),
@@ -1269,5 +1268,4 @@ fn metric_names_are_read_from_promql() {
             "istio_install_operator_reconcile_duration_seconds_bucket".to_string()
         ])
     );
-    let _ = std::io::stderr().flush();
 }
