@@ -11,8 +11,10 @@ HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=//p' e2e/versions.env)
 HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
 REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
 OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
+# `make image` writes the operator's image here (an OCI image layout; the e2e tests read it).
+IMAGE_LAYOUT ?= $(CARGO_TARGET_DIR)/image/istio-install-operator
 
-.PHONY: all build test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
+.PHONY: all build image generate test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
 
 all: build
 
@@ -26,8 +28,23 @@ unit: tools
 	cargo test --release --locked --workspace --exclude istio-install-e2e
 	python3 e2e/reftool/selftest.py
 
+# The operator's OCI image, without a container daemon (e2e/build-image.sh; same image as the
+# Dockerfile). Also packed as an oci-archive tarball next to the layout.
+image: build
+	e2e/build-image.sh "$(OPERATOR)" "$(IMAGE_LAYOUT)"
+	tar -C "$(IMAGE_LAYOUT)" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -cf "$(IMAGE_LAYOUT).tar" .
+	@echo "oci-archive: $(IMAGE_LAYOUT).tar ($$(stat -c %s "$(IMAGE_LAYOUT).tar") bytes)"
+
 crds: build
 	$(OPERATOR) crd > crds/istioinstall.io_istioinstalls.yaml
+	$(OPERATOR) crd > manifests/crd.yaml
+
+# Everything generated from the Rust sources (unit tests fail when any of it drifts): the CRD,
+# manifests/rbac.yaml, and the chart's CRD and RBAC templates.
+generate: crds
+	$(OPERATOR) rbac > manifests/rbac.yaml
+	$(OPERATOR) crd --helm > manifests/chart/templates/crd.yaml
+	$(OPERATOR) rbac --helm > manifests/chart/templates/rbac.yaml
 
 # `render` against every upstream digest in e2e/reference, field by field.
 parity: build tools
@@ -66,7 +83,7 @@ e2e-test:
 	cargo test --release --locked --no-fail-fast -p istio-install-e2e -- --test-threads=2
 
 # Brings the cluster up, runs the e2e tests, and always takes the cluster down again.
-e2e: build e2e-binaries
+e2e: build e2e-binaries image
 	e2e/cluster.sh up
 	set -o pipefail; status=0; $(MAKE) --no-print-directory e2e-test || status=$$?; \
 	  [ $$status -eq 0 ] || e2e/cluster.sh logs; e2e/cluster.sh down; exit $$status

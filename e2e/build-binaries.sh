@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from
-# Go modules into $E2E_ROOT/bin/<k8s version>, and (`helm`, not part of `all`) Helm v4 into
-# $E2E_ROOT/bin/helm-<version>/helm for `make upstream-reference`. Idempotent: a binary already reporting the pinned
-# version is not rebuilt. Everything lives outside the repo (never commit binaries).
+# Go modules into $E2E_ROOT/bin/<k8s version>, Helm v4 into $E2E_ROOT/bin/helm-<version>/helm
+# (`make upstream-reference` and the chart tests), and the project's own Go helpers (e2e/tools:
+# the OCI image writer and the GitOps health readers) into $E2E_ROOT/bin/e2e-tools. Idempotent: a
+# binary already reporting the pinned version (the helpers: built from the same sources) is not
+# rebuilt. Everything lives outside the repo (never commit binaries).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=./versions.env source-path=SCRIPTDIR
@@ -113,12 +115,29 @@ build_helm() {
     "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 }
 
+# e2e/tools: one Go module of our own (go.mod pins go-containerregistry, cli-utils and
+# gopher-lua). Rebuilt when its sources change (a digest of them is kept next to the binaries).
+build_tools() {
+  local dir=$E2E_ROOT/bin/e2e-tools src=$here/tools sum
+  BIN=$dir
+  sum=$(cd "$src" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) | LC_ALL=C sort |
+    xargs sha256sum | sha256sum | cut -d' ' -f1)
+  if [ -x "$dir/ociimage" ] && [ -x "$dir/gitopshealth" ] && [ "$(cat "$dir/.sources" 2>/dev/null)" = "$sum" ]; then
+    log "e2e tools present"; return
+  fi
+  log "building e2e tools (ociimage, gitopshealth)"
+  mkdir -p "$dir"
+  (cd "$src" && nice -n 10 go build -mod=readonly -trimpath -ldflags "-s -w" -o "$dir/" ./cmd/...)
+  echo "$sum" >"$dir/.sources"
+}
+
 case "${1:-all}" in
   etcd) build_etcd ;;
   kube) build_kube ;;
   kwok) build_kwok ;;
   helm) build_helm ;;
-  all) build_etcd; build_kwok; build_kube ;;
-  *) echo "usage: $0 [all|etcd|kube|kwok|helm]" >&2; exit 2 ;;
+  tools) build_tools ;;
+  all) build_etcd; build_kwok; build_kube; build_helm; build_tools ;;
+  *) echo "usage: $0 [all|etcd|kube|kwok|helm|tools]" >&2; exit 2 ;;
 esac
 log "done: $BIN"

@@ -1,7 +1,7 @@
 //! The `istio-install-operator` binary: `run`, `render`, `convert`, `crd` and `version`.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use istio_install_operator::api::{IstioInstall, IstioInstallSpec, crd_yaml};
+use istio_install_operator::api::{IstioInstall, IstioInstallSpec, crd_helm_template, crd_yaml};
 use istio_install_operator::{
     bundle, client, controller, migrate, render, telemetry, validate, values,
 };
@@ -31,10 +31,10 @@ enum Command {
     /// into IstioInstalls; what does not carry over is listed on stderr.
     Convert(ConvertArgs),
     /// Print the IstioInstall CustomResourceDefinition.
-    Crd,
+    Crd(GenerateArgs),
     /// Print the operator's least-privilege RBAC (manifests/rbac.yaml), generated from the
     /// kinds it writes and the roles of the bundled Istio charts.
-    Rbac,
+    Rbac(GenerateArgs),
     /// Print the operator version and the bundled Istio releases.
     Version,
 }
@@ -64,6 +64,13 @@ struct RenderArgs {
     /// Accept the reserved namespaces, as an operator started with the same flag does.
     #[arg(long, default_value_t = false)]
     allow_reserved_namespaces: bool,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Print it as a template of the operator's Helm chart (manifests/chart/templates/).
+    #[arg(long)]
+    helm: bool,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +108,10 @@ struct RunArgs {
     /// kube-public, kube-node-lease and the operator's own.
     #[arg(long, env = "ALLOW_RESERVED_NAMESPACES", default_value_t = false)]
     allow_reserved_namespaces: bool,
+    /// The only namespaces IstioInstalls may use (control plane, components, gateways,
+    /// waypoints, enrolment), comma-separated; by default any but the reserved ones.
+    #[arg(long, env = "ALLOWED_NAMESPACES", value_delimiter = ',')]
+    allowed_namespaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,12 +139,20 @@ fn main() -> ExitCode {
         Command::Run(args) => run_operator(args),
         Command::Render(args) => run_render(args),
         Command::Convert(args) => run_convert(args),
-        Command::Crd => {
-            print!("{}", crd_yaml());
+        Command::Crd(args) => {
+            if args.helm {
+                print!("{}", crd_helm_template());
+            } else {
+                print!("{}", crd_yaml());
+            }
             Ok(())
         }
-        Command::Rbac => {
-            print!("{}", istio_install_operator::rbac::manifest());
+        Command::Rbac(args) => {
+            if args.helm {
+                print!("{}", istio_install_operator::rbac::helm_template());
+            } else {
+                print!("{}", istio_install_operator::rbac::manifest());
+            }
             Ok(())
         }
         Command::Version => {
@@ -182,6 +201,10 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("--metrics-addr {}: {e}", args.metrics_addr))?;
         let server = tokio::spawn(telemetry::serve(listener, metrics.clone(), ready.clone()));
+        let conditions = tokio::spawn(telemetry::watch_install_conditions(
+            clients.watch.clone(),
+            metrics.clone(),
+        ));
         let controller_clients = || controller::Clients {
             watch: clients.watch.clone(),
             request: clients.request.clone(),
@@ -191,7 +214,8 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             validate::Policy::allow_all()
         } else {
             validate::Policy::reserving(&args.lease_namespace)
-        };
+        }
+        .allowing_only(&args.allowed_namespaces);
         let opts = || controller::RunOptions {
             concurrency: args.concurrency,
             policy: policy.clone(),
@@ -231,6 +255,7 @@ fn run_operator(args: RunArgs) -> Result<(), String> {
             controller::run(controller_clients(), metrics, ready, opts()).await
         };
         server.abort();
+        conditions.abort();
         result.map_err(|e| e.to_string())
     })
 }

@@ -33,6 +33,21 @@ pub struct ComponentLabels {
     pub component: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstallConditionLabels {
+    pub install: String,
+    /// Ready, Reconciling, Stalled or Paused.
+    pub condition: String,
+}
+
+/// The error categories of `reconcile_errors` (as `controller::Error::category` names them),
+/// created at 0 so that the series exist before the first error: a rate over an absent series is
+/// no data, not 0, and would hide the alert's ratio.
+const ERROR_CATEGORIES: [&str; 5] = ["forbidden", "unknown-kind", "apply", "kube", "panic"];
+
+/// The conditions `install_condition` reports (kstatus's three, and the pause switch).
+const REPORTED_CONDITIONS: [&str; 4] = ["Ready", "Reconciling", "Stalled", "Paused"];
+
 /// The operator's metrics.
 pub struct Metrics {
     pub registry: Registry,
@@ -40,6 +55,9 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub component_ready: Family<ComponentLabels, Gauge>,
+    /// 1 while an install's condition is True (what the dashboard counts and the Stalled alert
+    /// reads); set by [`Metrics::record_install_status`].
+    pub install_condition: Family<InstallConditionLabels, Gauge>,
     pub writes: Counter,
     /// Write requests the client sent (every POST, PUT, PATCH and DELETE but the Lease's).
     pub api_writes: Counter,
@@ -53,6 +71,44 @@ pub struct Metrics {
     /// Start times of the reconciles under way, for `/livez`.
     in_flight: std::sync::Mutex<std::collections::HashMap<u64, Instant>>,
     next_reconcile: std::sync::atomic::AtomicU64,
+}
+
+/// Keeps `install_condition` equal to the conditions the IstioInstalls' status shows, from a
+/// watch of its own (on every replica, leader or not: what the API says, as `kubectl get`
+/// shows it). Runs until the process ends; the watcher retries with backoff on errors.
+pub async fn watch_install_conditions(client: kube::Client, metrics: Arc<Metrics>) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<crate::api::IstioInstall> = kube::Api::all(client);
+    // Installs with series, and those the current (re-)list has shown.
+    let mut recorded = std::collections::BTreeSet::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let Ok(event) = event else { continue };
+        match event {
+            watcher::Event::Init => seen.clear(),
+            watcher::Event::InitApply(ii) | watcher::Event::Apply(ii) => {
+                let name = kube::ResourceExt::name_any(&ii);
+                metrics.record_install_status(&name, &ii.status.unwrap_or_default());
+                recorded.insert(name.clone());
+                seen.insert(name);
+            }
+            watcher::Event::Delete(ii) => {
+                let name = kube::ResourceExt::name_any(&ii);
+                metrics.forget_install(&name);
+                recorded.remove(&name);
+            }
+            // A re-list: forget what it no longer holds.
+            watcher::Event::InitDone => {
+                for gone in recorded.difference(&seen) {
+                    metrics.forget_install(gone);
+                }
+                recorded = seen.clone();
+            }
+        }
+    }
 }
 
 /// A reconcile never waits (it requeues instead) and the API client times out well before
@@ -71,6 +127,14 @@ impl Default for Metrics {
             10.0,
         ]);
         let component_ready = Family::<ComponentLabels, Gauge>::default();
+        let install_condition = Family::<InstallConditionLabels, Gauge>::default();
+        for category in ERROR_CATEGORIES {
+            failures
+                .get_or_create(&ErrorLabels {
+                    category: category.to_string(),
+                })
+                .inc_by(0);
+        }
         let writes = Counter::default();
         let api_writes = Counter::default();
         let fenced_writes = Counter::default();
@@ -113,6 +177,11 @@ impl Default for Metrics {
             component_ready.clone(),
         );
         registry.register(
+            "install_condition",
+            "1 while the IstioInstall's condition (Ready, Reconciling, Stalled, Paused) is True",
+            install_condition.clone(),
+        );
+        registry.register(
             "write_requests",
             "Write requests (apply, delete, status) sent to the API server",
             writes.clone(),
@@ -123,6 +192,7 @@ impl Default for Metrics {
             failures,
             duration,
             component_ready,
+            install_condition,
             writes,
             api_writes,
             api_reads,
@@ -135,6 +205,32 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records the conditions of a status just written for `install`.
+    pub fn record_install_status(&self, install: &str, status: &crate::api::IstioInstallStatus) {
+        for condition in REPORTED_CONDITIONS {
+            let value = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == condition && c.status == "True");
+            self.install_condition
+                .get_or_create(&InstallConditionLabels {
+                    install: install.to_string(),
+                    condition: condition.to_string(),
+                })
+                .set(i64::from(value));
+        }
+    }
+
+    /// Drops the series of an install that is gone (no stale Stalled after a delete).
+    pub fn forget_install(&self, install: &str) {
+        for condition in REPORTED_CONDITIONS {
+            self.install_condition.remove(&InstallConditionLabels {
+                install: install.to_string(),
+                condition: condition.to_string(),
+            });
+        }
+    }
+
     /// How long the oldest reconcile under way has been running.
     pub fn oldest_reconcile(&self) -> Option<std::time::Duration> {
         let in_flight = self.in_flight.lock().expect("not poisoned");
@@ -346,6 +442,48 @@ pub fn init_logging(json: bool) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn install_conditions_are_gauges_per_install_and_go_with_the_install() {
+        let metrics = Metrics::default();
+        let condition = |type_: &str, status: &str| {
+            serde_json::from_value(serde_json::json!({"type": type_, "status": status, "reason": "R", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"})).unwrap()
+        };
+        let status = crate::api::IstioInstallStatus {
+            conditions: vec![
+                condition("Ready", "False"),
+                condition("Reconciling", "False"),
+                condition("Stalled", "True"),
+            ],
+            ..Default::default()
+        };
+        metrics.record_install_status("mesh", &status);
+        let text = metrics.encode();
+        for (condition, value) in [
+            ("Ready", 0),
+            ("Reconciling", 0),
+            ("Stalled", 1),
+            ("Paused", 0),
+        ] {
+            let line = format!(
+                "istio_install_operator_install_condition{{install=\"mesh\",condition=\"{condition}\"}} {value}"
+            );
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+        metrics.forget_install("mesh");
+        assert!(!metrics.encode().contains("install=\"mesh\""));
+    }
+
+    #[test]
+    fn every_error_category_is_exposed_at_zero_before_any_error() {
+        let text = Metrics::default().encode();
+        for category in ERROR_CATEGORIES {
+            let line = format!(
+                "istio_install_operator_reconcile_errors_total{{category=\"{category}\"}} 0"
+            );
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+    }
 
     #[test]
     fn liveness_fails_only_while_a_reconcile_outlives_the_limit() {

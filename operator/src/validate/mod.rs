@@ -260,6 +260,8 @@ fn dns_label(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub reserved_namespaces: Vec<String>,
+    /// When not empty, the only namespaces an install may use (`--allowed-namespaces`).
+    pub allowed_namespaces: Vec<String>,
 }
 
 /// The operator's own namespace when none is configured.
@@ -276,26 +278,45 @@ impl Policy {
         }
         Policy {
             reserved_namespaces: reserved,
+            allowed_namespaces: Vec::new(),
         }
+    }
+
+    /// The same policy, accepting only `namespaces` (sorted; none: any namespace).
+    pub fn allowing_only(mut self, namespaces: &[String]) -> Policy {
+        let mut allowed = namespaces.to_vec();
+        allowed.sort();
+        allowed.dedup();
+        self.allowed_namespaces = allowed;
+        self
     }
 
     /// Nothing reserved (`--allow-reserved-namespaces`).
     pub fn allow_all() -> Policy {
         Policy {
             reserved_namespaces: Vec::new(),
+            allowed_namespaces: Vec::new(),
         }
     }
 
-    /// Checks a namespace named at `field` is a namespace name.
+    /// Checks a namespace named at `field` is a namespace name, and an allowed one.
     fn check_dns_label(&self, field: &str, ns: &str) -> Result<(), ValidationError> {
-        if dns_label(ns) {
-            Ok(())
-        } else {
-            Err(ValidationError::Invalid {
+        if !dns_label(ns) {
+            return Err(ValidationError::Invalid {
                 field: field.to_string(),
                 message: format!("expected a namespace name (a DNS label), found {ns:?}"),
-            })
+            });
         }
+        if !self.allowed_namespaces.is_empty() && !self.allowed_namespaces.iter().any(|a| a == ns) {
+            return Err(ValidationError::Invalid {
+                field: field.to_string(),
+                message: format!(
+                    "{ns:?} is not among the namespaces this operator may install into ({}); use one of them, or add it to the operator's --allowed-namespaces",
+                    self.allowed_namespaces.join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Checks a namespace named at `field`: a DNS label, not reserved.

@@ -138,6 +138,47 @@ fn reserved_namespaces_are_refused_unless_allowed() {
 }
 
 #[test]
+fn only_allowed_namespaces_are_accepted_when_a_list_is_given() {
+    let policy = crate::validate::Policy::default()
+        .allowing_only(&["istio-system".into(), "bookinfo".into()]);
+    let ok = "version: '1.24'\nprofile: ambient\nwaypoints:\n- {namespace: bookinfo}\n";
+    let spec: IstioInstallSpec = serde_saphyr::from_str(ok).expect("spec");
+    assert!(crate::validate::validate_with(&spec, &policy).is_ok());
+    for (yaml, field) in [
+        ("version: '1.24'\nnamespace: mesh\n", "namespace"),
+        (
+            "version: '1.24'\ncomponents:\n  cni: {enabled: true, namespace: kube-system}\n",
+            "components.cni.namespace",
+        ),
+        (
+            "version: '1.24'\ncomponents:\n  ingressGateways:\n  - {name: gw, namespace: edge}\n",
+            "components.ingressGateways[gw].namespace",
+        ),
+        (
+            "version: '1.24'\nwaypoints:\n- {namespace: shop}\n",
+            "waypoints[0].namespace",
+        ),
+        (
+            "version: '1.24'\nwaypoints:\n- {namespace: bookinfo, useFromNamespaces: [shop]}\n",
+            "waypoints[0].useFromNamespaces[0]",
+        ),
+    ] {
+        let spec: IstioInstallSpec = serde_saphyr::from_str(yaml).expect("spec");
+        let e = crate::validate::validate_with(&spec, &policy)
+            .expect_err(yaml)
+            .to_string();
+        assert!(
+            e.contains(field)
+                && e.contains("not among the namespaces")
+                && e.contains("bookinfo, istio-system")
+                && e.contains("--allowed-namespaces"),
+            "{yaml}: {e}"
+        );
+        assert!(crate::validate::validate(&spec).is_ok(), "{yaml}");
+    }
+}
+
+#[test]
 fn waypoints_are_rendered_with_the_install() {
     let objs =
         render_spec("version: '1.24'\nprofile: ambient\nwaypoints:\n- {namespace: bookinfo}\n");
