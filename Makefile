@@ -12,7 +12,7 @@ HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
 REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
 OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
 
-.PHONY: all build test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
+.PHONY: all build test unit parity render-baseline render-baseline-update upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
 
 all: build
 
@@ -32,6 +32,14 @@ crds: build
 # `render` against every upstream digest in e2e/reference, field by field.
 parity: build tools
 	$(REFTOOL).parity "$(OPERATOR)" --cross-check "$(CROSS_CHECK)"
+
+# Every release x profile (and value sets) rendered, compared with e2e/reference/renders.json;
+# `make render-baseline-update` records the current output after an intended change.
+render-baseline: build tools
+	$(REFTOOL).renders "$(OPERATOR)"
+
+render-baseline-update: build tools
+	$(REFTOOL).renders "$(OPERATOR)" --write
 
 helm:
 	e2e/build-binaries.sh helm
@@ -71,7 +79,7 @@ e2e: build e2e-binaries
 	set -o pipefail; status=0; $(MAKE) --no-print-directory e2e-test || status=$$?; \
 	  [ $$status -eq 0 ] || e2e/cluster.sh logs; e2e/cluster.sh down; exit $$status
 
-test: unit parity reference-drift e2e
+test: unit parity render-baseline reference-drift e2e
 
 lint:
 	cargo fmt --all -- --check
