@@ -33,7 +33,7 @@ crds: build
 parity: build tools
 	$(REFTOOL).parity "$(OPERATOR)" --cross-check "$(CROSS_CHECK)"
 
-# Every release x profile (and value sets) rendered, compared with e2e/reference/renders.json;
+# Every release x profile (and value sets) rendered, compared with e2e/render-baseline.json;
 # `make render-baseline-update` records the current output after an intended change.
 render-baseline: build tools
 	$(REFTOOL).renders "$(OPERATOR)"

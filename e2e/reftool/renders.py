@@ -1,11 +1,11 @@
 """`make render-baseline`: renders every bundled release x IstioOperator profile, plus a few value
 sets per minor, with the project's `render` CLI, and compares a digest of each output (the JSON
-list: objects, their order and every value) with e2e/reference/renders.json.
+list: objects, their order and every value) with e2e/render-baseline.json.
 
 It guards chart restructurings (shared templates, relative imports, data moved into bundle.yaml):
 a change that should not change what is rendered must leave every digest as it was. A case the
 file does not have yet (a new minor) is listed, not failed; `--write` records the current
-output (review the diff of renders.json: it says which cases changed).
+output (review the diff of render-baseline.json: it says which cases changed).
 usage: python3 -m reftool.renders OPERATOR_BIN [--write]
 """
 import concurrent.futures
@@ -21,7 +21,7 @@ import yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-BASELINE = os.path.join(REPO, "e2e", "reference", "renders.json")
+BASELINE = os.path.join(REPO, "e2e", "render-baseline.json")
 
 # Value sets rendered on every release: the branches the profiles alone do not reach. Each
 # compatibility version and platform a bundle accepts is rendered on its newest patch too.
@@ -121,9 +121,9 @@ def main(argv, out=print):
     for n in changed:
         out(f"render-baseline {n}: CHANGED: was {base[n]}, now {got[n]}")
     for n in gone:
-        out(f"render-baseline {n}: MISSING: in renders.json but no longer a case")
+        out(f"render-baseline {n}: MISSING: in render-baseline.json but no longer a case")
     for n in new:
-        out(f"render-baseline {n}: new case ({got[n]}), not in renders.json")
+        out(f"render-baseline {n}: new case ({got[n]}), not in render-baseline.json")
     out(f"render-baseline: {len(same)} same, {len(changed)} changed, {len(gone)} missing, {len(new)} new")
     return 0 if not changed and not gone else 1
 

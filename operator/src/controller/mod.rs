@@ -296,7 +296,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
             name: "waypoints".into(),
             version: None,
             ready: false,
-            message: Some(MISSING_GATEWAY_API.into()),
+            message: Some(crate::bundle::missing_gateway_api_message()),
         });
     }
 
@@ -324,7 +324,7 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
         (None, false) => (
             State::Stalled {
                 reason: "MissingGatewayAPI".into(),
-                message: MISSING_GATEWAY_API.into(),
+                message: crate::bundle::missing_gateway_api_message(),
             },
             Action::requeue(WHEN_BLOCKED),
         ),
@@ -403,8 +403,6 @@ async fn announce(
         publish(ctx, ii, EventType::Warning, "UpgradeNote", note.clone()).await;
     }
 }
-
-const MISSING_GATEWAY_API: &str = "spec.waypoints needs the Gateway API CRDs (gateways.gateway.networking.k8s.io), which are not installed; install the Gateway API standard channel (v1.2.1 for Istio 1.24, v1.1.0 for 1.23) or remove spec.waypoints";
 
 /// Stops at an install-wide problem that needs a change of spec or cluster; components keep
 /// the status they had.
