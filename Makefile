@@ -4,9 +4,9 @@ SHELL := /bin/bash
 export E2E_ROOT ?= /var/tmp/istio-install-operator-e2e
 # One release-profile build serves the binary, the unit tests and the e2e tests (built once).
 export CARGO_TARGET_DIR ?= /var/tmp/istio-install-operator-cargo-target
-# Optional independent cross-check of e2e/reference (digests made outside this repository);
-# `make parity` prints a SKIPPED line when the folder is not there.
-CROSS_CHECK ?= $(CURDIR)/../shared/reference/upstream-digest
+# Optional independent cross-checks of e2e/reference (folders of digests made outside this
+# repository); `make parity` prints a SKIPPED line for each folder that is not there.
+CROSS_CHECK ?= $(CURDIR)/../shared/reference/upstream-digest $(CURDIR)/../shared/reference/upstream-digest-1.25
 HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=//p' e2e/versions.env)
 HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
 REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
@@ -31,7 +31,7 @@ crds: build
 
 # `render` against every upstream digest in e2e/reference, field by field.
 parity: build tools
-	$(REFTOOL).parity "$(OPERATOR)" --cross-check "$(CROSS_CHECK)"
+	$(REFTOOL).parity "$(OPERATOR)" $(foreach d,$(CROSS_CHECK),--cross-check "$(d)")
 
 # Every release x profile (and value sets) rendered, compared with e2e/render-baseline.json;
 # `make render-baseline-update` records the current output after an intended change.
