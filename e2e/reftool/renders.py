@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,9 @@ VALUE_SETS = {
                     "values": {"pilot": {"cni": {"enabled": True}}}},
     "dual-stack": {"profile": "ambient", "values": {"cni": {"ambient": {"ipv6": True}},
                                                     "pilot": {"ipFamilyPolicy": "RequireDualStack"}}},
+    "analysis": {"profile": "default", "values": {"global": {"istiod": {"enableAnalysis": True}}}},
+    "coredump": {"profile": "default", "values": {"global": {"proxy": {"enableCoreDump": True}}}},
+    "cni-env": {"profile": "ambient", "values": {"cni": {"env": {"EXTRA": "1"}}}},
 }
 
 
@@ -85,7 +89,8 @@ def render(operator, name, spec, work):
                    "metadata": {"name": "mesh"}, "spec": spec}, f)
     res = subprocess.run([operator, "render", "-f", path, "-o", "json"], capture_output=True, text=True)
     if res.returncode != 0:
-        return f"error: {res.stderr.strip()}"
+        # Which file the template is in may move (common/ or a minor); the message may not.
+        return "error: " + re.sub(r" \(template charts/[^)]*\)", "", res.stderr.strip())
     items = json.loads(res.stdout)["items"]
     canonical = json.dumps(items, sort_keys=True, separators=(",", ":"))
     return f"{len(items)} objects sha256:{hashlib.sha256(canonical.encode()).hexdigest()}"
