@@ -4,9 +4,9 @@ SHELL := /bin/bash
 export E2E_ROOT ?= /var/tmp/istio-install-operator-e2e
 # One release-profile build serves the binary, the unit tests and the e2e tests (built once).
 export CARGO_TARGET_DIR ?= /var/tmp/istio-install-operator-cargo-target
-# Optional independent cross-check of e2e/reference (digests made outside this repository);
-# `make parity` prints a SKIPPED line when the folder is not there.
-CROSS_CHECK ?= $(CURDIR)/../shared/reference/upstream-digest
+# Optional independent cross-checks of e2e/reference (folders of digests made outside this
+# repository); `make parity` prints a SKIPPED line for each folder that is not there.
+CROSS_CHECK ?= $(CURDIR)/../shared/reference/upstream-digest $(CURDIR)/../shared/reference/upstream-digest-1.25
 HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=//p' e2e/versions.env)
 HELM ?= $(E2E_ROOT)/bin/helm-$(HELM_VERSION)/helm
 REFTOOL := PYTHONPATH=$(CURDIR)/e2e python3 -m reftool
@@ -14,7 +14,7 @@ OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
 # `make image` writes the operator's image here (an OCI image layout; the e2e tests read it).
 IMAGE_LAYOUT ?= $(CARGO_TARGET_DIR)/image/istio-install-operator
 
-.PHONY: all build image generate test unit parity upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
+.PHONY: all build image generate test unit parity render-baseline render-baseline-update upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
 
 all: build
 
@@ -48,7 +48,15 @@ generate: crds
 
 # `render` against every upstream digest in e2e/reference, field by field.
 parity: build tools
-	$(REFTOOL).parity "$(OPERATOR)" --cross-check "$(CROSS_CHECK)"
+	$(REFTOOL).parity "$(OPERATOR)" $(foreach d,$(CROSS_CHECK),--cross-check "$(d)")
+
+# Every release x profile (and value sets) rendered, compared with e2e/render-baseline.json;
+# `make render-baseline-update` records the current output after an intended change.
+render-baseline: build tools
+	$(REFTOOL).renders "$(OPERATOR)"
+
+render-baseline-update: build tools
+	$(REFTOOL).renders "$(OPERATOR)" --write
 
 helm:
 	e2e/build-binaries.sh helm
@@ -88,7 +96,7 @@ e2e: build e2e-binaries image
 	set -o pipefail; status=0; $(MAKE) --no-print-directory e2e-test || status=$$?; \
 	  [ $$status -eq 0 ] || e2e/cluster.sh logs; e2e/cluster.sh down; exit $$status
 
-test: unit parity reference-drift e2e
+test: unit parity render-baseline reference-drift e2e
 
 lint:
 	cargo fmt --all -- --check

@@ -8,9 +8,10 @@ translateIstioOperatorToHelm, applyComponentValuesToHelmValues) and
 operator/pkg/component/component.go. Written here:
 - components: the upstream `manifests/profiles/default.yaml` at the tag with the requested
   profile merged over it (maps merge key by key, lists replace), then the user's `components`;
-- values: the requested profile's `values` (not default.yaml's: its `defaultRevision: ""` hands
-  the default-revision webhooks to istioctl's own step after the install, WebhooksToDeploy in
-  operator/pkg/install/install.go, where a Helm install keeps them in the base chart), the
+- values: default.yaml's `values` with the requested profile's over them, but without
+  default.yaml's `defaultRevision: ""` (it hands the default-revision webhooks to istioctl's own
+  step after the install, WebhooksToDeploy in operator/pkg/install/install.go, where a Helm
+  install keeps them in the base chart), the
   published hub and tag (Istio's release tooling stamps docker.io/istio and the tag into the
   charts it publishes), then spec.hub/tag/revision as values.global.hub/global.tag/revision,
   spec.meshConfig merged into values.meshConfig, and the user's values last;
@@ -100,7 +101,11 @@ def merged_operator(manifests, tag, spec):
     chosen = load_yaml(os.path.join(manifests, "profiles", f"{profile}.yaml")) if profile != "default" else {}
     components = merge(get(default, "spec.components", {}), get(chosen, "spec.components", {}))
     components = merge(components, spec.get("components") or {})
-    vals = merge(get(chosen, "spec.values", {}), {"global": {"hub": PUBLISHED_HUB, "tag": tag}})
+    # default.yaml's values under the profile's (istioctl's profiles are overlays of default.yaml;
+    # 1.25 sets ztunnel.resourceName there), except defaultRevision (see above).
+    base_values = {k: v for k, v in get(default, "spec.values", {}).items() if k != "defaultRevision"}
+    vals = merge(base_values, get(chosen, "spec.values", {}))
+    vals = merge(vals, {"global": {"hub": PUBLISHED_HUB, "tag": tag}})
     for src, dst in (("hub", "global.hub"), ("tag", "global.tag"), ("revision", "revision")):
         if spec.get(src) not in (None, ""):
             set_path(vals, dst, spec[src])

@@ -1,10 +1,10 @@
 """`make parity`: renders the spec of every e2e/reference/<case>.json with the project's
 `render` CLI and compares the result with the case's upstream digest, field by field.
 Prints per case the share of equal fields and the first differences; ends with
-`parity: N passed, N failed`. With a cross-check directory (an independent reference made
-elsewhere), one more check says whether the project's digests agree with it; without one, a
-SKIPPED line.
-usage: python3 -m reftool.parity OPERATOR_BIN [--cross-check DIR] [case ...]
+`parity: N passed, N failed`. With cross-check directories (independent references made
+elsewhere), one more check per directory says whether the project's digests agree with it; for
+a directory that is absent, a SKIPPED line.
+usage: python3 -m reftool.parity OPERATOR_BIN [--cross-check DIR ...] [case ...]
 """
 import glob
 import json
@@ -89,10 +89,10 @@ def main(argv, out=print):
         out(__doc__.strip().splitlines()[-1])
         return 2
     operator, rest = argv[0], argv[1:]
-    cross_dir = None
-    if "--cross-check" in rest:
+    cross_dirs = []
+    while "--cross-check" in rest:
         i = rest.index("--cross-check")
-        cross_dir = rest[i + 1]
+        cross_dirs.append(rest[i + 1])
         rest = rest[:i] + rest[i + 2:]
     ref_dir = os.environ.get("REFERENCE_DIR", REFERENCE_DIR)
     if not os.access(operator, os.X_OK):
@@ -106,14 +106,15 @@ def main(argv, out=print):
                 passed += 1
             else:
                 failed += 1
-    if cross_dir and os.path.isdir(cross_dir):
-        if cross_check(cross_dir, ref_dir, out):
-            passed += 1
+    for cross_dir in cross_dirs:
+        if os.path.isdir(cross_dir):
+            if cross_check(cross_dir, ref_dir, out):
+                passed += 1
+            else:
+                failed += 1
         else:
-            failed += 1
-    elif cross_dir:
-        out(f"SKIPPED parity cross-check: no independent reference at {cross_dir} "
-            "(optional; a folder of upstream digests made elsewhere enables it)")
+            out(f"SKIPPED parity cross-check: no independent reference at {cross_dir} "
+                "(optional; a folder of upstream digests made elsewhere enables it)")
     out(f"parity: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
 

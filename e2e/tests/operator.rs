@@ -972,6 +972,124 @@ async fn in_place_upgrade_and_downgrade_follow_istios_order() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn in_place_upgrade_to_1_25_follows_istios_order_one_minor_at_a_time() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    let (rollouts, watch) = record_rollouts(&admin);
+    let name = "upgrade-1-25";
+    let start = k8s_openapi::jiff::Timestamp::now();
+
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.24.6", "profile": "ambient"}),
+    )
+    .await?;
+    wait_install(&admin, name, "Ready at 1.24.6", |ii| {
+        is_ready_at(ii, "1.24.6")
+    })
+    .await?;
+
+    // Up to 1.25.5, the bundle added without Rust: the same order and preflight as 1.23 → 1.24,
+    // and the hazard 1.25's upgrade notes name (DNS capture on only for pods started after).
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.25", "profile": "ambient"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, name, "Ready at 1.25.5", |ii| {
+        is_ready_at(ii, "1.25.5")
+    })
+    .await?;
+    for c in ii.data["status"]["components"].as_array().unwrap() {
+        assert_eq!(c["version"], "1.25.5", "{c}");
+    }
+    assert_eq!(
+        rollout_order(&rollouts, "1.25.5"),
+        ["istiod", "istio-cni-node", "ztunnel"]
+    );
+    let events = install_events(&admin, name, start).await?;
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "Upgrading" && n.contains("from 1.24.6 to 1.25.5")),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|(r, n)| r == "UpgradeNote"
+            && n.contains("values.cni.ambient.reconcileIptablesOnStartup")),
+        "{events:#?}"
+    );
+    // 1.25's objects, not 1.24's: istio-cni's ambient role may read its own DaemonSet.
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin.clone());
+    let ambient = roles.get("istio-cni-ambient").await?;
+    assert!(
+        ambient.rules.unwrap_or_default().iter().any(|r| {
+            r.resources.as_deref() == Some(&["daemonsets".to_string()][..])
+                && r.resource_names.as_deref() == Some(&["istio-cni-node".to_string()][..])
+        }),
+        "istio-cni-ambient lacks the 1.25 rule"
+    );
+
+    // Two minors down in one step is refused, naming the minor in between; nothing changes.
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.23.6", "profile": "ambient"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, name, "Stalled on 1.25.5 → 1.23.6", |ii| {
+        condition(ii, "Stalled")
+            .is_some_and(|c| c["status"] == "True" && c["reason"] == "UnsupportedVersionChange")
+    })
+    .await?;
+    let message = condition(&ii, "Stalled").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("set spec.version to 1.24 first"),
+        "{message}"
+    );
+    assert_eq!(ii.data["status"]["installedVersion"], "1.25.5");
+    let (deployments, daemonsets) = rolled_out(&admin).await?;
+    let images: Vec<String> = deployments
+        .iter()
+        .filter_map(|d| {
+            d.spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .first()?
+                .image
+                .clone()
+        })
+        .chain(daemonsets.iter().filter_map(|d| {
+            d.spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .containers
+                .first()?
+                .image
+                .clone()
+        }))
+        .collect();
+    assert!(
+        !images.is_empty() && images.iter().all(|i| i.contains(":1.25.5")),
+        "{images:?}"
+    );
+
+    watch.abort();
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}
+
 /// Runs the operator binary's CLI; returns stdout and stderr, failing on a non-zero exit.
 async fn cli(args: &[&str]) -> Result<(String, String)> {
     let out = tokio::process::Command::new(operator_binary())

@@ -329,6 +329,57 @@ mod tests {
     }
 
     #[test]
+    fn the_bundled_minors_upgrade_one_at_a_time_with_their_notes() {
+        // 1.23 → 1.25 skips 1.24: refused, naming it.
+        let to_1_25 = desired("version: 1.25.5\nprofile: ambient\n");
+        let refusal = preflight(&installed(Some("1.23.6"), &["1.23.6"]), &to_1_25, K8S_1_34)
+            .expect_err("two minors");
+        assert_eq!(refusal.reason, "UnsupportedVersionChange");
+        assert!(
+            refusal.message.contains("set spec.version to 1.24 first"),
+            "{}",
+            refusal.message
+        );
+        // 1.24 → 1.25 is an upgrade, and 1.25's note on DNS capture applies to ambient.
+        let got = preflight(&installed(Some("1.24.6"), &["1.24.6"]), &to_1_25, K8S_1_34)
+            .expect("one minor");
+        assert_eq!(
+            got.direction,
+            Direction::Upgrade {
+                from: release("1.24.6")
+            }
+        );
+        assert!(
+            got.notes
+                .iter()
+                .any(|n| n.contains("reconcileIptablesOnStartup")),
+            "{:?}",
+            got.notes
+        );
+        // Without istio-cni (sidecar mode), or with DNS capture off, it does not.
+        for spec in [
+            "version: 1.25.5\nprofile: default\n",
+            "version: 1.25.5\nprofile: ambient\nvalues: {cni: {ambient: {dnsCapture: false}}}\n",
+        ] {
+            let got = preflight(
+                &installed(Some("1.24.6"), &["1.24.6"]),
+                &desired(spec),
+                K8S_1_34,
+            )
+            .expect("one minor");
+            assert!(got.notes.is_empty(), "{spec}: {:?}", got.notes);
+        }
+        // 1.25 needs Kubernetes 1.29.
+        let k8s_1_28 = Some(KubernetesVersion {
+            major: 1,
+            minor: 28,
+        });
+        let refusal = preflight(&installed(Some("1.24.6"), &["1.24.6"]), &to_1_25, k8s_1_28)
+            .expect_err("too old");
+        assert_eq!(refusal.reason, "UnsupportedKubernetes");
+    }
+
+    #[test]
     fn a_cluster_older_than_the_release_supports_is_refused_until_it_is_upgraded() {
         let to_1_24 = desired("version: 1.24.6\n");
         let k8s = |minor| Some(KubernetesVersion { major: 1, minor });

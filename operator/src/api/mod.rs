@@ -54,13 +54,12 @@ pub struct IstioInstallSpec {
     pub version: String,
 
     /// The installation profile of that release, as with `istioctl install --set profile=`:
-    /// default, demo, minimal, empty, ambient, preview, stable, remote (1.24 and later).
-    /// Defaults to `default`.
+    /// default, demo, minimal, empty, ambient, preview, stable, ... The API server accepts the
+    /// profiles of every bundled release; the operator checks that the release has it. Defaults
+    /// to `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
-    #[x_kube(validation = kube::core::Rule::new(
-        "self in ['default', 'demo', 'minimal', 'empty', 'ambient', 'preview', 'stable', 'remote']"
-    ).message("profile must be one of default, demo, minimal, empty, ambient, preview, stable, remote"))]
+    #[x_kube(validation = profile_rule())]
     pub profile: Option<String>,
 
     /// Namespace of the control plane (istiod, and by default every other component).
@@ -151,6 +150,17 @@ pub struct Waypoint {
     /// (`istio.io/use-waypoint-namespace` when it is not their own).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub use_from_namespaces: Vec<String>,
+}
+
+/// The CRD's rule for `spec.profile`: any profile of a bundled minor (from each `bundle.yaml`),
+/// so `kubectl apply` refuses a typo. Whether the release asked for has that profile is checked
+/// by validate, which knows the release.
+fn profile_rule() -> kube::core::Rule {
+    let profiles = crate::bundle::all_profiles();
+    let quoted: Vec<String> = profiles.iter().map(|p| format!("'{p}'")).collect();
+    kube::core::Rule::new(format!("self in [{}]", quoted.join(", "))).message(
+        kube::core::Message::Message(format!("profile must be one of {}", profiles.join(", "))),
+    )
 }
 
 fn default_waypoint_name() -> String {
@@ -275,6 +285,21 @@ mod tests {
             include_str!("../../../manifests/crd.yaml") == crd_yaml(),
             "manifests/crd.yaml is stale: run `make crds` and commit it"
         );
+    }
+
+    #[test]
+    fn the_crd_profile_rule_lists_every_bundled_profile() {
+        let committed = include_str!("../../../crds/istioinstall.io_istioinstalls.yaml");
+        for b in crate::bundle::bundles() {
+            for p in b.profiles() {
+                assert!(
+                    committed.contains(&format!("'{p}'")),
+                    "charts/{}/bundle.yaml has profile {p}, which the committed CRD's profile \
+                     rule lacks: run `make crds` and commit it",
+                    b.minor
+                );
+            }
+        }
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //! binary. A bundle is data only (its releases, profiles, values layers and templates), so adding
 //! a minor is a new folder, not new code.
 //!
+//! `charts/common/` holds the files several minors share; a minor's folder holds only what
+//! differs. A file of the minor replaces the common file at the same path, and an empty file
+//! (or one with only comments) hides it from that minor. Everything below sees the merged view.
+//!
 //! ```text
-//! charts/<minor>/bundle.yaml                  releases, hub, profiles, compatibility versions, platforms
+//! charts/<minor>/bundle.yaml                  releases, hub, profiles, compatibility versions, platforms,
+//!                                             Gateway API version, minimum Kubernetes, upgrade notes
 //! charts/<minor>/profiles/<profile>.yaml      IstioOperator profile: components + values
 //! charts/<minor>/values/defaults/*.yaml       chart defaults in IstioOperator `values` shape (deep-merged)
 //! charts/<minor>/values/profile-<p>.yaml      chart-level profile layer (`values.profile`)
@@ -30,6 +35,11 @@ pub struct BundleManifest {
     pub releases: Vec<String>,
     /// Default image registry.
     pub hub: String,
+    /// The IstioOperator profiles of this minor (`profiles/<name>.yaml`, here or in common).
+    pub profiles: Vec<String>,
+    /// The Gateway API release (standard channel) this minor's istiod is built against, for the
+    /// message when waypoints need CRDs that are missing (`"v1.2.1"`).
+    pub gateway_api: String,
     /// `values.compatibilityVersion` values this minor accepts.
     #[serde(default)]
     pub compatibility_versions: Vec<String>,
@@ -70,8 +80,11 @@ pub struct UpgradeNote {
 pub struct Bundle {
     pub minor: String,
     pub manifest: BundleManifest,
-    /// Path relative to the minor's folder → text.
+    /// Path relative to the minor's folder → text: `charts/common/` with the minor's own files
+    /// over it. Hidden (empty) files are left out.
     files: BTreeMap<String, String>,
+    /// The paths of `files` that come from `charts/common/`, for messages naming a file.
+    common: std::collections::BTreeSet<String>,
     /// Parsed values layers and YAML files, memoised: they never change within a process.
     parsed: std::sync::Mutex<BTreeMap<String, Option<Value>>>,
 }
@@ -129,6 +142,16 @@ impl Bundle {
         self.files.get(path).map(String::as_str)
     }
 
+    /// Where a file of this bundle is, relative to `charts/` (`common/templates/...` or
+    /// `1.24/templates/...`).
+    pub fn source(&self, path: &str) -> String {
+        if self.common.contains(path) {
+            format!("{COMMON}/{path}")
+        } else {
+            format!("{}/{path}", self.minor)
+        }
+    }
+
     /// A YAML file of this bundle parsed to JSON values; `None` when absent.
     pub fn yaml(&self, path: &str) -> Option<Value> {
         self.memo(&format!("file:{path}"), || self.parse_file(path))
@@ -148,7 +171,7 @@ impl Bundle {
 
     fn parse_file(&self, path: &str) -> Option<Value> {
         self.file(path).map(|text| {
-            parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor))
+            parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}: {e}", self.source(path)))
         })
     }
 
@@ -182,27 +205,20 @@ impl Bundle {
         let mut merged = Value::Object(Default::default());
         for (path, text) in parts {
             let layer =
-                parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}/{path}: {e}", self.minor));
+                parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}: {e}", self.source(path)));
             if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
                 panic!(
-                    "charts/{}/{path}: {conflict} is also set by another file of this layer",
-                    self.minor
+                    "charts/{}: {conflict} is also set by another file of this layer",
+                    self.source(path)
                 );
             }
         }
         Some(merged)
     }
 
-    /// Profiles of this minor (`profiles/<name>.yaml`).
+    /// Profiles of this minor, as `bundle.yaml` lists them (each has `profiles/<name>.yaml`).
     pub fn profiles(&self) -> Vec<String> {
-        self.files_under("profiles")
-            .into_iter()
-            .filter_map(|(p, _)| {
-                p.strip_prefix("profiles/")
-                    .and_then(|n| n.strip_suffix(".yaml"))
-                    .map(String::from)
-            })
-            .collect()
+        self.manifest.profiles.clone()
     }
 
     /// The chart defaults: every `values/defaults/*.yaml` deep-merged. Two files setting the same
@@ -248,13 +264,23 @@ fn collect_disk(dir: &std::path::Path, root: &std::path::Path, out: &mut BTreeMa
     }
 }
 
-/// Parses one YAML document into JSON values (empty text is an empty object).
+/// Parses one YAML document into JSON values (empty text, or only comments, is an empty object).
 pub fn parse_yaml(text: &str) -> Result<Value, String> {
-    if text.trim().is_empty() {
+    if is_blank(text) {
         return Ok(Value::Object(Default::default()));
     }
     serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| e.to_string())
 }
+
+/// Empty, or only comments and blank lines: a minor's file in this state hides the common one.
+fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#') || l.starts_with("{#") && l.ends_with("#}"))
+}
+
+/// The folder of `charts/` whose files every minor shares unless it has its own.
+pub const COMMON: &str = "common";
 
 /// YAML 1.2 core schema: only `true`/`false` are booleans, so a value such as `y` or `on`
 /// stays a string, as Kubernetes and Helm users expect for annotations and labels.
@@ -292,17 +318,35 @@ pub fn bundles() -> &'static [Bundle] {
                 folders.push((minor, files));
             }
         }
+        let common: BTreeMap<String, String> = folders
+            .iter()
+            .find(|(name, _)| name == COMMON)
+            .map(|(_, files)| files.clone())
+            .unwrap_or_default();
         let mut all: Vec<Bundle> = folders
             .into_iter()
-            .filter_map(|(minor, files)| {
-                let text = files.get("bundle.yaml")?;
+            .filter_map(|(minor, own)| {
+                let text = own.get("bundle.yaml")?;
                 let manifest: BundleManifest = serde_saphyr::from_str(text)
                     .unwrap_or_else(|e| panic!("charts/{minor}/bundle.yaml: {e}"));
+                let shared: std::collections::BTreeSet<String> = common
+                    .keys()
+                    .filter(|p| !own.contains_key(*p))
+                    .cloned()
+                    .collect();
+                let mut files = common.clone();
+                files.extend(own);
+                // An empty file of the minor hides the common one (a template or values file
+                // this minor does not have).
+                files.retain(|path, text| {
+                    !(is_blank(text) && (path.ends_with(".yaml") || path.ends_with(".jinja")))
+                });
                 Some(Bundle {
                     parsed: Default::default(),
                     minor,
                     manifest,
                     files,
+                    common: shared,
                 })
             })
             .collect();
@@ -369,6 +413,35 @@ pub fn resolve(version: &str) -> Result<(Release, &'static Bundle), BundleError>
         })
 }
 
+/// The message for `spec.waypoints` when the Gateway API CRDs are not installed: which Gateway
+/// API release each bundled minor expects.
+pub fn missing_gateway_api_message() -> String {
+    let versions: Vec<String> = bundles()
+        .iter()
+        .rev()
+        .map(|b| format!("{} for Istio {}", b.manifest.gateway_api, b.minor))
+        .collect();
+    format!(
+        "spec.waypoints needs the Gateway API CRDs (gateways.gateway.networking.k8s.io), which are \
+         not installed; install the Gateway API standard channel ({}) or remove spec.waypoints",
+        versions.join(", ")
+    )
+}
+
+/// Every profile of any bundled minor, in the order first seen from the oldest minor (the CRD's
+/// profile rule is made of them).
+pub fn all_profiles() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for b in bundles() {
+        for p in &b.manifest.profiles {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Profiles by minor, for help texts and error messages.
 pub fn profiles_by_minor() -> BTreeMap<String, Vec<String>> {
     bundles()
@@ -395,8 +468,41 @@ mod tests {
                 );
             }
             for p in b.profiles() {
-                assert!(b.yaml(&format!("profiles/{p}.yaml")).is_some());
+                assert!(
+                    b.file(&format!("profiles/{p}.yaml")).is_some(),
+                    "charts/{}/bundle.yaml lists profile {p}, but there is no profiles/{p}.yaml \
+                     in charts/{}/ or charts/{COMMON}/",
+                    b.minor,
+                    b.minor
+                );
             }
+        }
+    }
+
+    #[test]
+    fn a_minor_file_replaces_or_hides_the_common_one() {
+        assert!(is_blank("# 1.23 has no such file\n\n"));
+        assert!(is_blank("{# not in 1.23 #}\n"));
+        assert!(!is_blank("# a comment\nkey: value\n"));
+        for b in bundles() {
+            for (path, text) in b.files_under("templates") {
+                assert!(
+                    !is_blank(text),
+                    "{}: hidden files are left out",
+                    b.source(path)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_gateway_api_message_names_each_minor() {
+        let m = missing_gateway_api_message();
+        for b in bundles() {
+            assert!(
+                m.contains(&format!("{} for Istio {}", b.manifest.gateway_api, b.minor)),
+                "{m}"
+            );
         }
     }
 

@@ -259,13 +259,14 @@ async fn install(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     };
     let enrolments = waypoints::enrolments(&ii.spec.waypoints, &name);
     let release = validated.release.to_string();
+    let missing_gateway_api = (!gateway_api).then(crate::bundle::missing_gateway_api_message);
     let input = decide::Input {
         install: &name,
         uid: &uid,
         plan: &plan,
         release: &release,
         direction: &preflight.direction,
-        missing_gateway_api: (!gateway_api).then_some(MISSING_GATEWAY_API),
+        missing_gateway_api: missing_gateway_api.as_deref(),
         enrolments: &enrolments,
         claims: &claims,
     };
@@ -426,8 +427,6 @@ async fn announce(
         publish(ctx, ii, EventType::Warning, "UpgradeNote", note.clone()).await;
     }
 }
-
-const MISSING_GATEWAY_API: &str = "spec.waypoints needs the Gateway API CRDs (gateways.gateway.networking.k8s.io), which are not installed; install the Gateway API standard channel (v1.2.1 for Istio 1.24, v1.1.0 for 1.23) or remove spec.waypoints";
 
 /// Stops at an install-wide problem that needs a change of spec or cluster; components keep
 /// the status they had.

@@ -11,7 +11,7 @@ pub mod waypoints;
 use crate::api::MANAGER;
 use crate::bundle;
 use crate::validate::{ComponentKind, ValidatedComponent, ValidatedInstall};
-use minijinja::value::Serde;
+use minijinja::value::{Rest, Serde};
 use minijinja::{Environment, Error as TemplateError, ErrorKind, State, UndefinedBehavior};
 use serde_json::{Value, json};
 use std::cell::RefCell;
@@ -95,6 +95,13 @@ fn environment() -> &'static Environment<'static> {
                 .filter(|_| path.starts_with("templates/") && !path.contains("/files/"))
                 .map(str::to_string))
         });
+        // Imports are relative to the importing template (`{% from "_macros.jinja" import x %}`),
+        // so a template reads the same in every minor and in charts/common/.
+        env.set_path_join_callback(|name, parent| match parent.rsplit_once('/') {
+            Some((dir, _)) => format!("{dir}/{name}").into(),
+            None => name.into(),
+        });
+        env.add_function("release_at_least", release_at_least);
         env.add_function("fail", |msg: String| -> Result<(), TemplateError> {
             Err(TemplateError::new(ErrorKind::InvalidOperation, msg))
         });
@@ -152,6 +159,42 @@ fn merge_template_values(
         }
     }
     Ok(minijinja::Value::from_pairs(entries))
+}
+
+/// `release_at_least("1.25")` / `release_at_least("1.24.3")`: whether the release rendered is
+/// that one or newer, for a template shared by minors that differ a little. A change backported
+/// to several minors lists where it arrived in each, oldest first:
+/// `release_at_least("1.24.5", "1.25.2")` holds for 1.24.5+, 1.25.2+ and any later minor.
+fn release_at_least(state: &State, versions: Rest<String>) -> Result<bool, TemplateError> {
+    let bad = |what: &str| {
+        TemplateError::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "release_at_least({}): {what}; expected minors (1.25) or releases (1.25.1), oldest first",
+                versions.join(", ")
+            ),
+        )
+    };
+    let wanted: Vec<bundle::Release> = versions
+        .iter()
+        .map(|v| bundle::Release::parse(v).or_else(|| bundle::Release::parse(&format!("{v}.0"))))
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("not a version"))?;
+    if wanted.is_empty() || !wanted.is_sorted() {
+        return Err(bad("none given or not in order"));
+    }
+    let current = state
+        .lookup("release")
+        .and_then(|r| r.get_attr("version").ok())
+        .and_then(|v| v.as_str().and_then(bundle::Release::parse))
+        .ok_or_else(|| bad("no release in the context"))?;
+    // The entry of the release's own minor decides; without one, the newest entry does (a later
+    // minor has every change of the earlier ones).
+    let decisive = wanted
+        .iter()
+        .find(|w| (w.major, w.minor) == (current.major, current.minor))
+        .unwrap_or_else(|| wanted.last().expect("not empty"));
+    Ok(current >= *decisive)
 }
 
 /// `file("files/sidecar.yaml")`: a raw file next to the calling template (not rendered).
@@ -233,13 +276,13 @@ fn render_templates(
         let text = tmpl.render(&ctx).map_err(|e| template_error(&name, &e))?;
         let documents = split_documents(&text).map(|doc| {
             parse_document(doc).map_err(|message| RenderError::Yaml {
-                template: name.clone(),
+                template: source(&name),
                 message,
             })
         });
         let emitted = EMITTED.take().into_iter().map(|object| {
             serde_json::to_value(&object).map_err(|e| RenderError::Yaml {
-                template: name.clone(),
+                template: source(&name),
                 message: format!("emit(...): {e}"),
             })
         });
@@ -299,10 +342,21 @@ fn template_error(name: &str, e: &TemplateError) -> RenderError {
         _ => e.to_string(),
     };
     RenderError::Template {
-        template: e.name().unwrap_or(name).to_string(),
+        template: source(e.name().unwrap_or(name)),
         line: e.line(),
         message,
     }
+}
+
+/// `1.24/templates/x.yaml` → where that file is: `1.24/templates/x.yaml` or
+/// `common/templates/x.yaml`.
+fn source(name: &str) -> String {
+    let (minor, path) = name.split_once('/').unwrap_or((name, ""));
+    bundle::bundles()
+        .iter()
+        .find(|b| b.minor == minor)
+        .map(|b| b.source(path))
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// Parses one rendered document: with the fast reader of our templates' YAML, or with

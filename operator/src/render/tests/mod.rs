@@ -164,3 +164,40 @@ fn merge_filter_deep_merges_and_a_null_removes_the_key() {
 }
 mod boundary;
 mod hostile;
+
+#[test]
+fn release_at_least_takes_the_entry_of_the_release_minor_or_the_newest() {
+    let check = |release: &str, call: &str| -> Result<bool, String> {
+        let text = environment()
+            .render_str(
+                &format!("{{{{ {call} | tojson }}}}"),
+                minijinja::context! { release => minijinja::context! { version => release } },
+            )
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(text == "true")
+    };
+    for (release, call, expected) in [
+        ("1.24.0", r#"release_at_least("1.24")"#, true),
+        ("1.23.6", r#"release_at_least("1.24")"#, false),
+        ("1.25.0", r#"release_at_least("1.24.3")"#, true),
+        ("1.24.4", r#"release_at_least("1.24.5", "1.25.2")"#, false),
+        ("1.24.5", r#"release_at_least("1.24.5", "1.25.2")"#, true),
+        ("1.25.1", r#"release_at_least("1.24.5", "1.25.2")"#, false),
+        ("1.25.2", r#"release_at_least("1.24.5", "1.25.2")"#, true),
+        ("1.26.0", r#"release_at_least("1.24.5", "1.25.2")"#, true),
+        ("1.23.6", r#"release_at_least("1.24.5", "1.25.2")"#, false),
+    ] {
+        assert_eq!(check(release, call), Ok(expected), "{release}: {call}");
+    }
+    for bad in [
+        r#"release_at_least("one")"#,
+        r#"release_at_least("1.25.2", "1.24.5")"#,
+        "release_at_least()",
+    ] {
+        let err = check("1.24.6", bad).unwrap_err();
+        assert!(
+            err.contains("expected minors (1.25) or releases (1.25.1)"),
+            "{bad}: {err}"
+        );
+    }
+}
