@@ -48,9 +48,14 @@ const POLL: Duration = Duration::from_millis(250);
 // ---------------------------------------------------------------------------------------------
 // paths and clients
 
-/// The repository root (the parent of this crate).
+/// The repository root (the parent of this crate). `cargo test` sets CARGO_MANIFEST_DIR for the
+/// test process too; that one wins, since a build reused from another checkout of the same
+/// sources (one target directory shared by worktrees) carries that checkout's path.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir
         .parent()
         .expect("e2e crate lives inside the repository")
         .to_path_buf()
