@@ -364,7 +364,7 @@ impl Istiod {
 }
 
 /// The namespace an error line of istiod's namespace controller is about (its work-queue key):
-/// `… error handling <namespace>, retrying …	controller=namespace controller`.
+/// `… error handling <namespace>, retrying …<TAB>controller=namespace controller`.
 pub fn namespace_controller_key(line: &str) -> Option<&str> {
     if !line.contains("controller=namespace controller") {
         return None;

@@ -128,10 +128,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run_operator(args),
         Command::Render(args) => run_render(args),
         Command::Convert(args) => run_convert(args),
-        Command::Crd => {
-            print!("{}", crd_yaml());
-            Ok(())
-        }
+        Command::Crd => crd_yaml().map(|crd| print!("{crd}")),
         Command::Rbac => {
             print!("{}", istio_install_operator::rbac::manifest());
             Ok(())
@@ -361,8 +358,8 @@ fn run_render(args: RenderArgs) -> Result<(), String> {
     let name = args.name.or(file_name);
     let objects = render::render(&validated, name.as_deref()).map_err(|e| e.to_string())?;
     match args.output {
-        Output::Yaml => print!("{}", render::to_yaml(&objects)),
-        Output::Json => println!("{}", render::to_json(&objects)),
+        Output::Yaml => print!("{}", render::to_yaml(&objects)?),
+        Output::Json => println!("{}", render::to_json(&objects)?),
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 use super::events::EventType;
 use super::{Context, Error, FINALIZER, component_rank, enrol_namespaces, finish, list_owned};
 use crate::api::{IGNORE_ANNOTATION, IstioInstall};
+use crate::json::at;
 use crate::plan::{ObjectKey, is_ignored};
 use crate::render::COMPONENT_LABEL;
 use crate::status::{Outcome, State};
@@ -42,10 +43,10 @@ pub(super) async fn run(ii: &IstioInstall, ctx: &Context) -> Result<Action, Erro
     // Objects marked to be left alone stay, and so do those already on their way out.
     let (kept, owned): (Vec<_>, Vec<_>) = owned
         .into_iter()
-        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+        .filter(|o| at(o, &["metadata", "deletionTimestamp"]).is_null())
         .partition(is_ignored);
     let component = |o: &serde_json::Value| {
-        o["metadata"]["labels"][COMPONENT_LABEL]
+        at(o, &["metadata", "labels", COMPONENT_LABEL])
             .as_str()
             .unwrap_or_default()
             .to_string()
@@ -56,7 +57,7 @@ pub(super) async fn run(ii: &IstioInstall, ctx: &Context) -> Result<Action, Erro
             .iter()
             .filter(|o| component_rank(&component(o)) == rank)
             .collect();
-        let name = component(doomed[0]);
+        let name = doomed.first().map(|o| component(o)).unwrap_or_default();
         for o in &doomed {
             let key = ObjectKey::of(o);
             tracing::info!(object = %key, "uninstalling");
