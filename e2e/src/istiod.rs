@@ -363,6 +363,16 @@ impl Istiod {
     }
 }
 
+/// The namespace an error line of istiod's namespace controller is about (its work-queue key):
+/// `… error handling <namespace>, retrying …<TAB>controller=namespace controller`.
+pub fn namespace_controller_key(line: &str) -> Option<&str> {
+    if !line.contains("controller=namespace controller") {
+        return None;
+    }
+    let (_, rest) = line.split_once("error handling ")?;
+    rest.split_once(',').map(|(key, _)| key.trim())
+}
+
 /// `hub/name:tag` → `tag` (a digest has no tag).
 fn image_tag(image: &str) -> Option<String> {
     let last = image.rsplit('/').next()?;
@@ -487,6 +497,33 @@ pub struct Admission<'a> {
     pub istiods: Vec<&'a Istiod>,
 }
 
+/// Every webhook of every configuration of kind `$kind`, in the order the API server calls
+/// them: configurations by name, each one's webhooks in order. A macro because the mutating and
+/// validating webhook types have the same fields but no trait in common.
+macro_rules! webhooks {
+    ($client:expr, $kind:ty) => {{
+        let configs: Api<$kind> = Api::all($client.clone());
+        let mut list = configs.list(&ListParams::default()).await?.items;
+        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        list.into_iter()
+            .flat_map(|c| {
+                let cname = c.metadata.name.clone().unwrap_or_default();
+                c.webhooks
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |w| Hook {
+                        id: format!("{cname}/{}", w.name),
+                        client_config: w.client_config,
+                        rules: w.rules.unwrap_or_default(),
+                        namespace_selector: w.namespace_selector,
+                        object_selector: w.object_selector,
+                        failure_policy: w.failure_policy,
+                    })
+            })
+            .collect::<Vec<Hook>>()
+    }};
+}
+
 struct Hook {
     id: String,
     client_config: WebhookClientConfig,
@@ -518,27 +555,7 @@ impl Admission<'_> {
         namespace: &str,
         defaulted: Value,
     ) -> Result<Admitted> {
-        let configs: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        let mut list = configs.list(&ListParams::default()).await?.items;
-        // The API server calls the configurations in name order, each's webhooks in order.
-        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let hooks = list
-            .into_iter()
-            .flat_map(|c| {
-                let cname = c.metadata.name.clone().unwrap_or_default();
-                c.webhooks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(move |w| Hook {
-                        id: format!("{cname}/{}", w.name),
-                        client_config: w.client_config,
-                        rules: w.rules.unwrap_or_default(),
-                        namespace_selector: w.namespace_selector,
-                        object_selector: w.object_selector,
-                        failure_policy: w.failure_policy,
-                    })
-            })
-            .collect::<Vec<_>>();
+        let hooks = webhooks!(self.client, MutatingWebhookConfiguration);
         self.run(hooks, target, namespace, defaulted, true).await
     }
 
@@ -549,26 +566,7 @@ impl Admission<'_> {
         namespace: &str,
         object: &Value,
     ) -> Result<Admitted> {
-        let configs: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        let mut list = configs.list(&ListParams::default()).await?.items;
-        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let hooks = list
-            .into_iter()
-            .flat_map(|c| {
-                let cname = c.metadata.name.clone().unwrap_or_default();
-                c.webhooks
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(move |w| Hook {
-                        id: format!("{cname}/{}", w.name),
-                        client_config: w.client_config,
-                        rules: w.rules.unwrap_or_default(),
-                        namespace_selector: w.namespace_selector,
-                        object_selector: w.object_selector,
-                        failure_policy: w.failure_policy,
-                    })
-            })
-            .collect::<Vec<_>>();
+        let hooks = webhooks!(self.client, ValidatingWebhookConfiguration);
         let mut obj = object.clone();
         if obj["metadata"]["namespace"].is_null() {
             obj["metadata"]["namespace"] = json!(namespace);
@@ -937,6 +935,14 @@ mod tests {
         .unwrap();
         assert!(!selector_matches(Some(&sel), &labels).unwrap());
         assert!(selector_matches(None, &labels).unwrap());
+    }
+
+    #[test]
+    fn namespace_controller_errors_name_their_namespace() {
+        let line = "2026-12-03T12:08:00.303679Z\terror\tcontrollers\terror handling e2e-gc-cm-oi7ygw, and retry budget exceeded: error when creating configmap istio-ca-root-cert: namespaces \"e2e-gc-cm-oi7ygw\" not found\tcontroller=namespace controller";
+        assert_eq!(namespace_controller_key(line), Some("e2e-gc-cm-oi7ygw"));
+        let other = "2026-12-03T12:08:49.204684Z\terror\tcontrollers\terror handling istiod-default-validator, retrying (retry count: 10): webhook is not ready, retry\tcontroller=validation";
+        assert_eq!(namespace_controller_key(other), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! stray `KUBECONFIG` can never point the tests at a real cluster.
 
 pub mod istiod;
+pub mod operator;
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Debug;

@@ -8,9 +8,13 @@
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::{StreamExt, TryStreamExt};
+use istio_install_e2e::operator::{
+    OPERATOR_NS, Operator, apply_install, condition, installs, prepare, remove_all_installs,
+    wait_install,
+};
 use istio_install_e2e::{
-    ServiceAccountAccess, TcpProxy, apply_crd_file, apply_file, client, eventually,
-    kubeconfig_path, repo_path, unique_name, wait_deployment_rolled_out,
+    TcpProxy, apply_file, client, eventually, kubeconfig_path, repo_path, unique_name,
+    wait_deployment_rolled_out,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -19,166 +23,13 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::runtime::WatchStreamExt;
-use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use serde_json::json;
+use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(240);
-const OPERATOR_NS: &str = "istio-install-operator";
-
-fn installs(c: &Client) -> Api<DynamicObject> {
-    Api::all_with(
-        c.clone(),
-        &ApiResource {
-            group: "istioinstall.io".into(),
-            version: "v1alpha1".into(),
-            api_version: "istioinstall.io/v1alpha1".into(),
-            kind: "IstioInstall".into(),
-            plural: "istioinstalls".into(),
-        },
-    )
-}
-
-fn operator_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("OPERATOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_path("target"));
-    target.join("release/istio-install-operator")
-}
-
-/// The CRD, the operator's namespace and RBAC, and a kubeconfig of its ServiceAccount.
-async fn prepare(admin: &Client) -> Result<PathBuf> {
-    apply_crd_file(admin, &repo_path("crds/istioinstall.io_istioinstalls.yaml")).await?;
-    apply_file(
-        admin,
-        &repo_path("manifests/namespace.yaml"),
-        None,
-        "e2e-test",
-    )
-    .await?;
-    apply_file(admin, &repo_path("manifests/rbac.yaml"), None, "e2e-test").await?;
-    Ok(
-        ServiceAccountAccess::create(admin, OPERATOR_NS, OPERATOR_NS)
-            .await?
-            .kubeconfig,
-    )
-}
-
-/// A running `istio-install-operator run`; killed on drop.
-struct Op {
-    child: tokio::process::Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Op {
-    async fn spawn(kubeconfig: &Path, args: &[&str]) -> Result<Op> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log = std::env::temp_dir().join(format!("istio-install-operator-{port}.log"));
-        let file = std::fs::File::create(&log)?;
-        let bin = operator_binary();
-        let child = tokio::process::Command::new(&bin)
-            .arg("run")
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("POD_NAMESPACE")
-            .env_remove("POD_NAME")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (run `make build`)", bin.display()))?;
-        Ok(Op { child, port, log })
-    }
-
-    fn pid(&self) -> Result<u32> {
-        self.child
-            .id()
-            .ok_or_else(|| anyhow!("the operator has exited; log:\n{}", self.log()))
-    }
-
-    /// Sends a signal to this process (by its PID: only the process this test started).
-    async fn signal(&self, sig: &str) -> Result<()> {
-        let status = tokio::process::Command::new("kill")
-            .args([format!("-{sig}"), self.pid()?.to_string()])
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -{sig} failed");
-        Ok(())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, out))
-    }
-
-    async fn metric(&self, name: &str) -> Result<f64> {
-        let (_, body) = self.get("/metrics").await?;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("metric {name} not found"))
-    }
-
-    async fn leads(&self) -> bool {
-        self.metric("istio_install_operator_leader")
-            .await
-            .is_ok_and(|v| v == 1.0)
-    }
-
-    async fn ready(&self) -> bool {
-        self.get("/readyz").await.is_ok_and(|(c, _)| c == 200)
-    }
-}
 
 const WRITES: &str = "istio_install_operator_api_write_requests_total";
-
-async fn apply_install(c: &Client, name: &str, spec: Value) -> Result<i64> {
-    let obj = json!({"apiVersion": "istioinstall.io/v1alpha1", "kind": "IstioInstall", "metadata": {"name": name}, "spec": spec});
-    let obj: DynamicObject = serde_json::from_value(obj)?;
-    let out = installs(c)
-        .patch(
-            name,
-            &PatchParams::apply("e2e-test").force(),
-            &Patch::Apply(&obj),
-        )
-        .await?;
-    Ok(out.metadata.generation.unwrap_or(0))
-}
-
-fn condition<'a>(ii: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
-    ii.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
 
 /// Ready, and the status is about `generation`.
 fn ready_at(ii: &DynamicObject, generation: i64) -> bool {
@@ -186,57 +37,10 @@ fn ready_at(ii: &DynamicObject, generation: i64) -> bool {
         && ii.data["status"]["observedGeneration"] == generation
 }
 
-async fn wait_install(
-    c: &Client,
-    name: &str,
-    what: &str,
-    check: impl Fn(&DynamicObject) -> bool,
-) -> Result<DynamicObject> {
-    wait_install_for(c, name, what, INSTALL_TIMEOUT, check).await
-}
-
-async fn wait_install_for(
-    c: &Client,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&DynamicObject) -> bool,
-) -> Result<DynamicObject> {
-    let api = installs(c);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let ii = api.get(name).await?;
-        if check(&ii) {
-            return Ok(ii);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "IstioInstall {name}: timed out waiting until {what}; status: {}",
-                serde_json::to_string_pretty(&ii.data["status"])?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 /// No IstioInstall left from an earlier (failed) run: an operator of its own uninstalls them.
 async fn clean_slate(admin: &Client, kubeconfig: &Path) -> Result<()> {
-    let op = Op::spawn(kubeconfig, &["--leader-elect=false"]).await?;
+    let op = Operator::spawn(kubeconfig, &["--leader-elect=false"]).await?;
     remove_all_installs(admin).await.with_context(|| op.log())
-}
-
-async fn remove_all_installs(c: &Client) -> Result<()> {
-    let api = installs(c);
-    for ii in api.list(&ListParams::default()).await? {
-        let name = ii.metadata.name.clone().unwrap_or_default();
-        let _ = api.delete(&name, &DeleteParams::default()).await;
-    }
-    eventually(
-        INSTALL_TIMEOUT,
-        "every IstioInstall is uninstalled",
-        || async { Ok(api.list(&ListParams::default()).await?.items.is_empty()) },
-    )
-    .await
 }
 
 /// The mesh config the operator rendered into the `istio` ConfigMap.
@@ -269,12 +73,12 @@ async fn a_paused_leader_is_fenced_and_the_other_replica_converges() -> Result<(
         "--lease-namespace",
         OPERATOR_NS,
     ];
-    let a = Op::spawn(&kubeconfig, &args).await?;
+    let a = Operator::spawn(&kubeconfig, &args).await?;
     eventually(Duration::from_secs(60), "replica a leads", || async {
         Ok(a.leads().await)
     })
     .await?;
-    let b = Op::spawn(&kubeconfig, &args).await?;
+    let b = Operator::spawn(&kubeconfig, &args).await?;
     eventually(
         Duration::from_secs(60),
         "replica b, a follower, is ready",
@@ -406,7 +210,7 @@ async fn a_missing_lease_namespace_is_named_and_the_operator_leads_once_it_exist
     let kubeconfig = prepare(&admin).await?;
     clean_slate(&admin, &kubeconfig).await?;
     let ns = unique_name("e2e-lease");
-    let op = Op::spawn(
+    let op = Operator::spawn(
         &kubeconfig_path(),
         &["--leader-elect=true", "--lease-namespace", &ns],
     )
@@ -465,7 +269,7 @@ async fn api_server_faults_lose_nothing_and_status_says_why() -> Result<()> {
     clean_slate(&admin, &kubeconfig).await?;
     let proxy = TcpProxy::start().await?;
     let via_proxy = proxy.kubeconfig(&kubeconfig)?;
-    let op = Op::spawn(&via_proxy, &["--leader-elect=false"]).await?;
+    let op = Operator::spawn(&via_proxy, &["--leader-elect=false"]).await?;
     eventually(Duration::from_secs(60), "the operator is ready", || async {
         Ok(op.ready().await)
     })
@@ -501,24 +305,31 @@ async fn api_server_faults_lose_nothing_and_status_says_why() -> Result<()> {
     )
     .await?;
 
-    // The 429 half depends on keeping API Priority and Fairness's one seat busy, which is
-    // timing-dependent on a loaded 2-core machine (it failed one full run in two): opt-in.
+    // The 429 half is opt-in (E2E_THROTTLE=1) for now. The seat-holding below makes the 429s
+    // reliable (the operator's log shows them every time), but then the operator logs one
+    // failed reconcile ("cannot list owned objects … 429") and reconciles nothing more for
+    // over a minute, so `Reconciling` never says 429: an operator-side problem to fix in the
+    // controller before this runs by default.
     if !std::env::var("E2E_THROTTLE").is_ok_and(|v| v == "1") {
         // Straight to stdout (past the test harness's capture), on a line of its own.
         use std::io::Write;
         writeln!(
             std::io::stdout().lock(),
-            "\nSKIPPED 429 throttling scenario: timing-dependent under load; run with E2E_THROTTLE=1"
+            "\nSKIPPED 429 throttling scenario: with 429s made reliable the operator stops reconciling after the first one (not yet fixed in the controller); run with E2E_THROTTLE=1"
         )?;
         remove_all_installs(&admin).await?;
         drop(proxy);
         return Ok(());
     }
 
-    // 429s from API Priority and Fairness. A PriorityLevelConfiguration with
-    // `nominalConcurrencyShares: 0` and `Reject` still runs one request at a time (v1.34), so
-    // the test keeps that one seat busy with requests of its own under the operator's
-    // ServiceAccount: nearly every write the operator makes to Deployments is rejected.
+    // 429s from API Priority and Fairness: a priority level with no queue (`Reject`) for the
+    // operator's requests on Deployments and DaemonSets. With `nominalConcurrencyShares: 0` it
+    // still runs one request at a time (v1.34 admits a request whenever none executes), so
+    // the test holds that one seat itself, with requests that take long by design: a LIST at
+    // a resourceVersion the watch cache has not reached (`NotOlderThan`) blocks for the
+    // cache's 3 s before it fails, and holds the seat all along. A few of them take turns, so
+    // the seat is free only for the instant between two, however loaded the machine is; every
+    // other request of the operator's on Deployments is rejected at once.
     let flow = unique_name("e2e-reject");
     let reject = [
         json!({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
@@ -539,7 +350,7 @@ async fn api_server_faults_lose_nothing_and_status_says_why() -> Result<()> {
     let text: String = reject.iter().map(|d| format!("---\n{d}\n")).collect();
     std::fs::write(&file, text)?;
     apply_file(&admin, &file, None, "e2e-test").await?;
-    let load_client = {
+    let hog_client = {
         let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
         let mut config =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
@@ -547,14 +358,31 @@ async fn api_server_faults_lose_nothing_and_status_says_why() -> Result<()> {
         config.default_retry = false;
         Client::try_from(config)?
     };
+    let now: u64 = Api::<Deployment>::all(admin.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .and_then(|rv| rv.parse().ok())
+        .ok_or_else(|| anyhow!("a list without a resourceVersion"))?;
+    let future = (now + 1_000_000_000).to_string();
     let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let load: Vec<_> = (0..12)
+    let hogs: Vec<_> = (0..4)
         .map(|_| {
-            let (c, busy) = (load_client.clone(), busy.clone());
+            let (c, busy, rv) = (hog_client.clone(), busy.clone(), future.clone());
             tokio::spawn(async move {
                 let api: Api<Deployment> = Api::all(c);
+                let lp = ListParams::default()
+                    .at(&rv)
+                    .matching(kube::api::VersionMatch::NotOlderThan);
                 while busy.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = api.list(&ListParams::default()).await;
+                    // 504 after holding the seat for 3 s, or 429 at once while another holds
+                    // it: then a short pause, so the waiting ones do not spin.
+                    if let Err(kube::Error::Api(s)) = api.list_metadata(&lp).await
+                        && s.code == 429
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
             })
         })
@@ -595,7 +423,7 @@ async fn api_server_faults_lose_nothing_and_status_says_why() -> Result<()> {
         .and_then(|r| r)
         .with_context(|| op.log());
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
-    for task in load {
+    for task in hogs {
         let _ = task.await;
     }
     for plural in ["flowschemas", "prioritylevelconfigurations"] {

@@ -4,10 +4,12 @@
 //! IstioInstalls own cluster-wide components, so these scenarios run one at a time (a shared
 //! lock) and each leaves the cluster without IstioInstalls.
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use istio_install_e2e::{
-    ServiceAccountAccess, apply_crd_file, apply_file, client, eventually, repo_path,
+use anyhow::{Context as _, Result, bail};
+use istio_install_e2e::operator::{
+    INSTALL_TIMEOUT, Operator, apply_install, condition, installs, is_ready_at, operator_binary,
+    prepare, remove_all_installs, wait_install,
 };
+use istio_install_e2e::{ServiceAccountAccess, client, eventually};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
@@ -15,37 +17,9 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
 };
 use serde_json::{Value, json};
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(240);
-
-fn ii_resource() -> ApiResource {
-    ApiResource {
-        group: "istioinstall.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "istioinstall.io/v1alpha1".into(),
-        kind: "IstioInstall".into(),
-        plural: "istioinstalls".into(),
-    }
-}
-
-fn installs(c: &Client) -> Api<DynamicObject> {
-    Api::all_with(c.clone(), &ii_resource())
-}
-
-fn operator_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("OPERATOR_BIN") {
-        return PathBuf::from(p);
-    }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_path("target"));
-    target.join("release/istio-install-operator")
-}
 
 /// One scenario at a time (the lock), an admin client, a running operator, and no IstioInstall
 /// left from before.
@@ -67,171 +41,6 @@ impl Scenario {
             _serial: serial,
         })
     }
-}
-
-/// A running operator process; killed on drop.
-struct Operator {
-    child: tokio::process::Child,
-    metrics_port: u16,
-}
-
-impl Operator {
-    /// Starts an operator (leader election off) and waits until it is ready.
-    async fn start(admin: &Client) -> Result<Operator> {
-        let op = Operator::spawn(admin, false).await?;
-        eventually(
-            Duration::from_secs(60),
-            "the operator reports ready",
-            || async {
-                Ok(op
-                    .get("/readyz")
-                    .await
-                    .map(|(code, _)| code == 200)
-                    .unwrap_or(false))
-            },
-        )
-        .await?;
-        Ok(op)
-    }
-
-    /// Starts an operator process under its own ServiceAccount, without waiting for it.
-    async fn spawn(admin: &Client, leader_elect: bool) -> Result<Operator> {
-        apply_crd_file(admin, &repo_path("crds/istioinstall.io_istioinstalls.yaml")).await?;
-        apply_file(
-            admin,
-            &repo_path("manifests/namespace.yaml"),
-            None,
-            "e2e-test",
-        )
-        .await?;
-        apply_file(admin, &repo_path("manifests/rbac.yaml"), None, "e2e-test").await?;
-        let sa =
-            ServiceAccountAccess::create(admin, "istio-install-operator", "istio-install-operator")
-                .await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let bin = operator_binary();
-        let log = std::fs::File::create(
-            std::env::temp_dir().join(format!("istio-install-operator-{port}.log")),
-        )?;
-        let child = tokio::process::Command::new(&bin)
-            .args([
-                "run",
-                &format!("--leader-elect={leader_elect}"),
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .env("KUBECONFIG", &sa.kubeconfig)
-            .env("POD_NAMESPACE", "istio-install-operator")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (run `make build`)", bin.display()))?;
-        Ok(Operator {
-            child,
-            metrics_port: port,
-        })
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, out))
-    }
-
-    async fn metric(&self, name: &str) -> Result<f64> {
-        let (_, body) = self.get("/metrics").await?;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("metric {name} not found"))
-    }
-
-    /// SIGKILL: no graceful shutdown, as in a node failure.
-    async fn kill(mut self) -> Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
-}
-
-async fn apply_install(c: &Client, name: &str, spec: Value) -> Result<()> {
-    let obj = json!({"apiVersion": "istioinstall.io/v1alpha1", "kind": "IstioInstall", "metadata": {"name": name}, "spec": spec});
-    let obj: DynamicObject = serde_json::from_value(obj)?;
-    installs(c)
-        .patch(
-            name,
-            &PatchParams::apply("e2e-test").force(),
-            &Patch::Apply(&obj),
-        )
-        .await?;
-    Ok(())
-}
-
-fn condition<'a>(ii: &'a DynamicObject, type_: &str) -> Option<&'a Value> {
-    ii.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-}
-
-fn is_ready_at(ii: &DynamicObject, version: &str) -> bool {
-    let generation = ii.metadata.generation.unwrap_or(-1);
-    condition(ii, "Ready").is_some_and(|c| c["status"] == "True")
-        && ii.data["status"]["observedGeneration"] == generation
-        && ii.data["status"]["installedVersion"] == version
-}
-
-async fn wait_install(
-    c: &Client,
-    name: &str,
-    what: &str,
-    check: impl Fn(&DynamicObject) -> bool,
-) -> Result<DynamicObject> {
-    let api = installs(c);
-    let deadline = tokio::time::Instant::now() + INSTALL_TIMEOUT;
-    loop {
-        let ii = api.get(name).await?;
-        if check(&ii) {
-            return Ok(ii);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "IstioInstall {name}: timed out waiting until {what}; status: {}",
-                serde_json::to_string_pretty(&ii.data["status"])?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Deletes every IstioInstall and waits until their finalizers have run.
-async fn remove_all_installs(c: &Client) -> Result<()> {
-    let api = installs(c);
-    for ii in api.list(&ListParams::default()).await? {
-        let name = ii.metadata.name.clone().unwrap_or_default();
-        let _ = api.delete(&name, &DeleteParams::default()).await;
-    }
-    eventually(
-        INSTALL_TIMEOUT,
-        "every IstioInstall is uninstalled",
-        || async { Ok(api.list(&ListParams::default()).await?.items.is_empty()) },
-    )
-    .await
 }
 
 async fn rolled_out(c: &Client) -> Result<(Vec<Deployment>, Vec<DaemonSet>)> {
@@ -730,8 +539,9 @@ async fn health_endpoints_and_leader_election() -> Result<()> {
 
     // Two replicas with leader election: exactly one leads; both are ready (a standby replica
     // is healthy, and readiness must not wait for leadership or a rolling update deadlocks).
-    let a = Operator::spawn(&admin, true).await?;
-    let b = Operator::spawn(&admin, true).await?;
+    let kubeconfig = prepare(&admin).await?;
+    let a = Operator::spawn(&kubeconfig, &["--leader-elect=true"]).await?;
+    let b = Operator::spawn(&kubeconfig, &["--leader-elect=true"]).await?;
     let leaders = || async {
         let mut n = 0.0;
         for op in [&a, &b] {
@@ -1986,6 +1796,249 @@ async fn a_rollout_past_its_deadline_stalls_and_later_components_wait() -> Resul
         ztunnel_generation
     );
 
+    remove_all_installs(&admin).await?;
+    drop(op);
+    Ok(())
+}
+
+/// Refuses the operator's writes to one DaemonSet in istio-system with a
+/// ValidatingAdmissionPolicy (built into the API server; no webhook): an error injected into
+/// one step of the plan, lifted when the test says so.
+struct RefusedWrites {
+    admin: Client,
+    name: String,
+    workload: String,
+}
+
+impl RefusedWrites {
+    const OPERATOR: &str = "system:serviceaccount:istio-install-operator:istio-install-operator";
+
+    const PREFIX: &str = "e2e-refuse-";
+
+    async fn start(admin: &Client, workload: &str) -> Result<RefusedWrites> {
+        let name = istio_install_e2e::unique_name(&format!("{}{workload}", Self::PREFIX));
+        let policy = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {"failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["daemonsets"]}]},
+                "matchConditions": [{"name": "operator",
+                    "expression": format!("request.userInfo.username == '{}'", Self::OPERATOR)}],
+                "validations": [{"expression": format!("object.metadata.name != '{workload}'"),
+                    "message": format!("e2e: writes to {workload} are refused for now")}]}});
+        let binding = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {"policyName": name, "validationActions": ["Deny"]}});
+        for doc in [policy, binding] {
+            istio_install_e2e::apply_manifest(admin, &doc, None, "e2e-test").await?;
+        }
+        let this = RefusedWrites {
+            admin: admin.clone(),
+            name,
+            workload: workload.to_string(),
+        };
+        this.wait_until(true).await?;
+        Ok(this)
+    }
+
+    /// The API server loads policies asynchronously: a dry-run write as the operator tells
+    /// when the refusal is (or is no longer) in force.
+    async fn wait_until(&self, refused: bool) -> Result<()> {
+        let op = ServiceAccountAccess::create(
+            &self.admin,
+            "istio-install-operator",
+            "istio-install-operator",
+        )
+        .await?
+        .client()
+        .await?;
+        let daemonsets: Api<DaemonSet> = Api::namespaced(op, "istio-system");
+        let probe = json!({"metadata": {"labels": {"e2e.istioinstall.io/probe": "1"}}});
+        let pp = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        eventually(
+            Duration::from_secs(60),
+            &format!("writes to {} refused: {refused}", self.workload),
+            || async {
+                Ok(
+                    match daemonsets
+                        .patch(&self.workload, &pp, &Patch::Merge(&probe))
+                        .await
+                    {
+                        Ok(_) => !refused,
+                        Err(kube::Error::Api(s)) if s.message.contains(&self.name) => refused,
+                        Err(e) => return Err(e.into()),
+                    },
+                )
+            },
+        )
+        .await
+    }
+
+    async fn lift(self) -> Result<()> {
+        for api in Self::apis(&self.admin) {
+            api.delete(&self.name, &DeleteParams::default()).await?;
+        }
+        self.wait_until(false).await
+    }
+
+    fn apis(admin: &Client) -> [Api<DynamicObject>; 2] {
+        [
+            "validatingadmissionpolicybindings",
+            "validatingadmissionpolicies",
+        ]
+        .map(|plural| {
+            let ar = ApiResource {
+                group: "admissionregistration.k8s.io".into(),
+                version: "v1".into(),
+                api_version: "admissionregistration.k8s.io/v1".into(),
+                kind: String::new(),
+                plural: plural.into(),
+            };
+            Api::all_with(admin.clone(), &ar)
+        })
+    }
+
+    /// Refusals a failed run left behind (a failing test does not lift its own).
+    async fn lift_leftovers(admin: &Client) -> Result<()> {
+        for api in Self::apis(admin) {
+            for o in api.list_metadata(&ListParams::default()).await? {
+                let name = o.metadata.name.unwrap_or_default();
+                if name.starts_with(Self::PREFIX) {
+                    api.delete(&name, &DeleteParams::default()).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The components' versions in the status, by name.
+fn component_versions(ii: &DynamicObject) -> std::collections::BTreeMap<String, String> {
+    ii.data["status"]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap_or_default().to_string(),
+                c["version"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 13 (d): an upgrade 1.23 → 1.24 stops half-way (writes to ztunnel refused: istiod and
+/// istio-cni run 1.24), then is rolled back to 1.23, and mid-way through the rollback a step
+/// fails (writes to istio-cni refused). The status keeps what each component really runs, so
+/// once the error is gone the rollback goes on in rollback order: istio-cni, then istiod.
+/// (Had the failure dropped istiod's version from the status, the next reconcile would read
+/// the install as steady at 1.23.6 and roll istiod back first.)
+#[tokio::test]
+async fn an_error_mid_way_through_a_rollback_keeps_the_rollback_order() -> Result<()> {
+    let Scenario { admin, op, _serial } = Scenario::begin().await?;
+    RefusedWrites::lift_leftovers(&admin).await?;
+    let (rollouts, watch) = record_rollouts(&admin);
+    let name = "rollback";
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.23.6", "profile": "ambient"}),
+    )
+    .await?;
+    wait_install(&admin, name, "Ready at 1.23.6", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+
+    // Half an upgrade: istiod and istio-cni move to 1.24.6, ztunnel cannot.
+    let ztunnel = RefusedWrites::start(&admin, "ztunnel").await?;
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.24.6", "profile": "ambient"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, name, "stalled on ztunnel", |ii| {
+        stalled_message(ii).is_some_and(|m| m.contains("component ztunnel"))
+    })
+    .await?;
+    // Checked at the end, after the order (what a lost version would break).
+    let half_way = component_versions(&ii);
+
+    // Rolled back, and istio-cni, the second step of the rollback, fails.
+    let cni = RefusedWrites::start(&admin, "istio-cni-node").await?;
+    ztunnel.lift().await?;
+    apply_install(
+        &admin,
+        name,
+        json!({"version": "1.23.6", "profile": "ambient"}),
+    )
+    .await?;
+    let ii = wait_install(&admin, name, "stalled on istio-cni", |ii| {
+        stalled_message(ii).is_some_and(|m| m.contains("component cni"))
+    })
+    .await?;
+    let mid_rollback = component_versions(&ii);
+    cni.lift().await?;
+    wait_install(&admin, name, "Ready at 1.23.6 again", |ii| {
+        is_ready_at(ii, "1.23.6")
+    })
+    .await?;
+
+    let upgraded_at = rollouts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, image)| image.contains(":1.24.6"))
+        .map(|(rv, _, _)| *rv)
+        .max()
+        .unwrap_or(0);
+    let after: Rollouts = std::sync::Arc::new(std::sync::Mutex::new(
+        rollouts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(rv, _, _)| *rv > upgraded_at)
+            .cloned()
+            .collect(),
+    ));
+    assert_eq!(
+        rollout_order(&after, "1.23.6"),
+        ["istio-cni-node", "istiod"],
+        "the rollback order (ztunnel never left 1.23.6)"
+    );
+    assert!(
+        !rollout_order(&rollouts, "1.24.6").contains(&"ztunnel".to_string()),
+        "ztunnel never ran 1.24.6"
+    );
+    // Each workload's version in the status is what it runs: a failed step dropped none.
+    let workloads = |mut v: std::collections::BTreeMap<String, String>| {
+        v.retain(|k, _| ["cni", "pilot", "ztunnel"].contains(&k.as_str()));
+        v
+    };
+    let expected = |pilot: &str, cni: &str, ztunnel: &str| {
+        [("cni", cni), ("pilot", pilot), ("ztunnel", ztunnel)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        workloads(half_way),
+        expected("1.24.6", "1.24.6", "1.23.6"),
+        "the status half-way through the upgrade"
+    );
+    assert_eq!(
+        workloads(mid_rollback),
+        expected("1.24.6", "1.24.6", "1.23.6"),
+        "the status when the rollback's istio-cni step failed"
+    );
+
+    watch.abort();
     remove_all_installs(&admin).await?;
     drop(op);
     Ok(())

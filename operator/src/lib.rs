@@ -4,12 +4,48 @@
 //! [`render`] turns that into Kubernetes objects, [`plan`] groups them into ordered steps,
 //! [`decide`] says what to write next from what is observed, and only [`apply`] writes.
 
+// No panics outside tests (issue #13): input is untrusted, and one install's panic must never
+// take the operator down. `make lint` (clippy -D warnings) enforces it. Modules not yet
+// converted carry an `allow` of their own, listed here: apply and controller (being
+// refactored), bundle, render::{boundary, k8s, template_yaml}, validate (mod, meshconfig),
+// values.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 pub mod api;
+// Not yet converted to the no-panic lint (see above).
+#[cfg_attr(
+    not(test),
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 pub mod apply;
 pub mod bundle;
 pub mod client;
+// Not yet converted to the no-panic lint (see above); its other files are.
+#[cfg_attr(
+    not(test),
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
 pub mod controller;
 pub mod decide;
+pub mod json;
 pub mod kinds;
 pub mod migrate;
 pub mod overlay;

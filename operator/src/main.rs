@@ -140,12 +140,12 @@ fn main() -> ExitCode {
         Command::Render(args) => run_render(args),
         Command::Convert(args) => run_convert(args),
         Command::Crd(args) => {
-            if args.helm {
-                print!("{}", crd_helm_template());
+            let crd = if args.helm {
+                crd_helm_template()
             } else {
-                print!("{}", crd_yaml());
-            }
-            Ok(())
+                crd_yaml()
+            };
+            crd.map(|crd| print!("{crd}"))
         }
         Command::Rbac(args) => {
             if args.helm {
@@ -386,8 +386,8 @@ fn run_render(args: RenderArgs) -> Result<(), String> {
     let name = args.name.or(file_name);
     let objects = render::render(&validated, name.as_deref()).map_err(|e| e.to_string())?;
     match args.output {
-        Output::Yaml => print!("{}", render::to_yaml(&objects)),
-        Output::Json => println!("{}", render::to_json(&objects)),
+        Output::Yaml => print!("{}", render::to_yaml(&objects)?),
+        Output::Json => println!("{}", render::to_json(&objects)?),
     }
     Ok(())
 }

@@ -9,6 +9,7 @@
 
 use crate::api::IstioInstallSpec;
 use crate::bundle;
+use crate::json::at;
 use serde_json::{Map, Value, json};
 
 /// One converted IstioOperator.
@@ -48,7 +49,7 @@ pub fn convert(iop: &Value, version: Option<&str>) -> Result<Converted, String> 
             iop["kind"], iop["apiVersion"]
         ));
     }
-    let name = iop["metadata"]["name"].as_str().unwrap_or("istio");
+    let name = at(iop, &["metadata", "name"]).as_str().unwrap_or("istio");
     let empty = Map::new();
     let source = iop["spec"].as_object().unwrap_or(&empty);
     let mut notes = Vec::new();
@@ -191,8 +192,8 @@ fn convert_components(
                         let path = format!("{path}[{i}]");
                         let mut c = convert_component(g, &path, None, spec, notes)?;
                         for key in ["name", "label"] {
-                            if let Some(v) = g.get(key) {
-                                c[key] = v.clone();
+                            if let (Some(v), Some(c)) = (g.get(key), c.as_object_mut()) {
+                                c.insert(key.into(), v.clone());
                             }
                         }
                         Some(c)

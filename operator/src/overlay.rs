@@ -75,7 +75,9 @@ fn matches(item: &Value, key: &str, value: &str) -> bool {
 /// the segment.
 pub fn apply_patch(obj: &mut Value, path: &str, value: Option<&Value>) -> Result<(), String> {
     let segments = parse_path(path)?;
-    let (last, parents) = segments.split_last().expect("non-empty");
+    let (last, parents) = segments.split_last().ok_or_else(|| {
+        format!("path {path:?}: empty; expected a dotted path such as spec.replicas")
+    })?;
     let mut cur = obj;
     for seg in parents {
         cur = match seg {
@@ -122,7 +124,11 @@ pub fn apply_patch(obj: &mut Value, path: &str, value: Option<&Value>) -> Result
                 format!("path {path:?}: [{n}] indexes something that is not a list")
             })?;
             match v {
-                Some(v) if *n < list.len() => list[*n] = v.clone(),
+                Some(v) if *n < list.len() => {
+                    if let Some(slot) = list.get_mut(*n) {
+                        *slot = v.clone();
+                    }
+                }
                 Some(v) if *n == list.len() => list.push(v.clone()),
                 Some(_) => {
                     return Err(format!(
@@ -142,7 +148,11 @@ pub fn apply_patch(obj: &mut Value, path: &str, value: Option<&Value>) -> Result
             })?;
             let pos = list.iter().position(|i| matches(i, key, want));
             match (pos, v) {
-                (Some(i), Some(v)) => list[i] = v.clone(),
+                (Some(i), Some(v)) => {
+                    if let Some(slot) = list.get_mut(i) {
+                        *slot = v.clone();
+                    }
+                }
                 (None, Some(v)) => list.push(v.clone()),
                 (Some(i), None) => {
                     list.remove(i);

@@ -136,7 +136,13 @@ fn for_each_bundle_rule(mut f: impl FnMut(&IstioInstallSpec, &str, &render::Rend
             .iter()
             .filter(|o| matches!(o.kind(), "Role" | "ClusterRole"))
         {
-            for r in o.object["rules"].as_array().into_iter().flatten() {
+            for r in o
+                .object
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 f(&spec, &v.profile, o, Rule::from_value(r));
             }
         }

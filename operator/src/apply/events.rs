@@ -77,7 +77,12 @@ impl EventWriter {
         };
         // The lock is not held across the API call: one slow write must not hold up the others.
         let earlier = {
-            let mut recent = self.recent.lock().expect("not poisoned");
+            // A poisoned lock only means a panic elsewhere mid-update of this cache of recent
+            // Events; its entries are still whole, so carry on with them.
+            let mut recent = self
+                .recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             recent.retain(|_, e| last_seen(e).is_some_and(|t| t + REPEAT_WINDOW > now));
             recent.get(&key).cloned()
         };
@@ -122,7 +127,10 @@ impl EventWriter {
                 api.create(&PostParams::default(), &event).await?
             }
         };
-        self.recent.lock().expect("not poisoned").insert(key, event);
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, event);
         Ok(())
     }
 }

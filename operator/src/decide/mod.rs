@@ -12,6 +12,7 @@
 //!                         └─► Settle(status, prunes, enrolments, next look) ──► apply/
 //! ```
 
+use crate::json::at;
 use crate::plan::claims::Claims;
 use crate::plan::ownership::may_write;
 use crate::plan::{self, Health, ObjectKey, Plan};
@@ -303,7 +304,10 @@ fn step_state(i: usize, step: &plan::Step, input: &Input, observed: &Observed) -
         // Written in this reconcile, yet not in the answers: wait for the watch to show it.
         return StepState::Health(Health::Progressing(format!(
             "waiting for {} to appear",
-            ObjectKey::of(&writes[0])
+            writes
+                .first()
+                .map(|w| ObjectKey::of(w).to_string())
+                .unwrap_or_default()
         )));
     }
     let mut health = Health::Ready;
@@ -398,7 +402,7 @@ fn failed(
 
 fn component_of(o: &Value) -> ComponentKind {
     ComponentKind::from_label(
-        o["metadata"]["labels"][crate::render::COMPONENT_LABEL]
+        at(o, &["metadata", "labels", crate::render::COMPONENT_LABEL])
             .as_str()
             .unwrap_or_default(),
     )
@@ -472,7 +476,7 @@ pub enum UninstallStep {
 pub fn uninstall(owned: Vec<Value>) -> UninstallStep {
     let (kept, owned): (Vec<_>, Vec<_>) = owned
         .into_iter()
-        .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+        .filter(|o| at(o, &["metadata", "deletionTimestamp"]).is_null())
         .partition(plan::is_ignored);
     let last = owned.iter().map(|o| component_of(o).install_rank()).max();
     let Some(rank) = last else {
@@ -484,7 +488,7 @@ pub fn uninstall(owned: Vec<Value>) -> UninstallStep {
         .collect();
     let component = doomed
         .first()
-        .and_then(|o| o["metadata"]["labels"][crate::render::COMPONENT_LABEL].as_str())
+        .and_then(|o| at(o, &["metadata", "labels", crate::render::COMPONENT_LABEL]).as_str())
         .unwrap_or_default()
         .to_string();
     UninstallStep::Delete {

@@ -5,6 +5,7 @@
 //! normalisations taken into account: quantities (`2048Mi` comes back as `2Gi`), empty maps and
 //! lists that are dropped, and numbers given as strings.
 
+use crate::json::at;
 use serde_json::Value;
 
 /// Label with a digest of what the operator last applied to an object. The subset test alone
@@ -36,12 +37,12 @@ pub fn stamp_intent(desired: &mut Value) -> String {
 
 /// The intent digest stamped into an object, if any.
 pub fn intent_of(obj: &Value) -> Option<&str> {
-    obj["metadata"]["labels"][INTENT_LABEL].as_str()
+    crate::json::at(obj, &["metadata", "labels", INTENT_LABEL]).as_str()
 }
 
 /// Whether the live object was last applied from a different intent (or never by us).
 pub fn intent_changed(live: &Value, digest: &str) -> bool {
-    live["metadata"]["labels"][INTENT_LABEL].as_str() != Some(digest)
+    at(live, &["metadata", "labels", INTENT_LABEL]).as_str() != Some(digest)
 }
 
 /// FNV-1a, 64 bits: a digest that stays the same across Rust releases and operator restarts

@@ -1,5 +1,6 @@
 //! Health gates: is a live object ready for the next component to go ahead?
 
+use crate::json::at;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -21,14 +22,14 @@ pub fn health(live: &Value) -> Health {
     let kind = live["kind"].as_str().unwrap_or_default();
     let name = format!(
         "{kind} {}{}",
-        live["metadata"]["namespace"]
+        at(live, &["metadata", "namespace"])
             .as_str()
             .map(|n| format!("{n}/"))
             .unwrap_or_default(),
-        live["metadata"]["name"].as_str().unwrap_or_default()
+        at(live, &["metadata", "name"]).as_str().unwrap_or_default()
     );
     let status = &live["status"];
-    let generation = int(&live["metadata"]["generation"]);
+    let generation = int(at(live, &["metadata", "generation"]));
     let observed = int(&status["observedGeneration"]);
     use crate::kinds::HealthRule;
     let rule = crate::kinds::lookup(kind).map_or(HealthRule::Exists, |k| k.health);
@@ -65,7 +66,7 @@ pub fn health(live: &Value) -> Health {
                     "{name}: the controller has not seen generation {generation} yet"
                 ));
             }
-            let want = live["spec"]["replicas"].as_i64().unwrap_or(1);
+            let want = at(live, &["spec", "replicas"]).as_i64().unwrap_or(1);
             let (updated, available, total) = (
                 int(&status["updatedReplicas"]),
                 int(&status["availableReplicas"]),

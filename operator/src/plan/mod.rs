@@ -20,6 +20,7 @@ pub use compare::{
 };
 pub use health::{Health, health};
 
+use crate::json::at;
 use crate::render::{RenderedObject, is_cluster_scoped};
 use crate::validate::ComponentKind;
 use serde_json::{Value, json};
@@ -41,9 +42,11 @@ impl ObjectKey {
             namespace: if is_cluster_scoped(&kind) {
                 None
             } else {
-                obj["metadata"]["namespace"].as_str().map(String::from)
+                at(obj, &["metadata", "namespace"])
+                    .as_str()
+                    .map(String::from)
             },
-            name: obj["metadata"]["name"]
+            name: at(obj, &["metadata", "name"])
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
@@ -110,8 +113,11 @@ pub fn plan(rendered: Vec<RenderedObject>, owner: &Owner) -> Plan {
     let mut plan = Plan::default();
     for r in rendered {
         let mut obj = r.object;
-        if obj["kind"] != "CustomResourceDefinition" {
-            obj["metadata"]["ownerReferences"] = json!([{
+        // An object whose metadata is not a map has been refused by render's boundary already.
+        if at(&obj, &["kind"]) != "CustomResourceDefinition"
+            && let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            let owner_references = json!([{
                 "apiVersion": owner.api_version,
                 "kind": owner.kind,
                 "name": owner.name,
@@ -119,8 +125,9 @@ pub fn plan(rendered: Vec<RenderedObject>, owner: &Owner) -> Plan {
                 "controller": true,
                 "blockOwnerDeletion": false,
             }]);
+            meta.insert("ownerReferences".into(), owner_references);
         }
-        if let Some(ns) = obj["metadata"]["namespace"].as_str()
+        if let Some(ns) = at(&obj, &["metadata", "namespace"]).as_str()
             && !plan.namespaces.iter().any(|n| n == ns)
         {
             plan.namespaces.push(ns.to_string());
@@ -151,7 +158,7 @@ pub fn yield_co_owned(desired: &mut Value, live: Option<&Value>) {
         return;
     }
     let Some(live) = live else { return };
-    let Some(hooks) = desired["webhooks"].as_array_mut() else {
+    let Some(hooks) = desired.get_mut("webhooks").and_then(Value::as_array_mut) else {
         return;
     };
     for hook in hooks {
@@ -160,7 +167,9 @@ pub fn yield_co_owned(desired: &mut Value, live: Option<&Value>) {
             .as_array()
             .and_then(|l| l.iter().find(|h| h["name"] == name.as_str()));
         for path in WEBHOOK_CO_OWNED {
-            let (last, parents) = path.split_last().expect("non-empty path");
+            let Some((last, parents)) = path.split_last() else {
+                continue;
+            };
             let live_value = live_hook
                 .and_then(|h| parents.iter().try_fold(h, |v, p| v.get(*p)))
                 .and_then(|v| v.get(*last));
@@ -182,7 +191,10 @@ pub fn yield_co_owned(desired: &mut Value, live: Option<&Value>) {
 /// plan no longer contains. CRDs are never pruned.
 /// Whether a live object carries the annotation that tells the operator to leave it alone.
 pub fn is_ignored(live: &Value) -> bool {
-    live["metadata"]["annotations"][crate::api::IGNORE_ANNOTATION] == "true"
+    at(
+        live,
+        &["metadata", "annotations", crate::api::IGNORE_ANNOTATION],
+    ) == "true"
 }
 
 pub fn prune_set<'a>(plan: &Plan, live: &'a [Value], owner_uid: &str) -> Vec<&'a Value> {
@@ -197,7 +209,7 @@ pub fn prune_set<'a>(plan: &Plan, live: &'a [Value], owner_uid: &str) -> Vec<&'a
         .filter(|o| o["kind"] != "CustomResourceDefinition")
         .filter(|o| !is_ignored(o))
         .filter(|o| {
-            o["metadata"]["ownerReferences"]
+            at(o, &["metadata", "ownerReferences"])
                 .as_array()
                 .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid))
         })

@@ -5,6 +5,7 @@
 //! is left untouched and the install is stopped with a message naming it.
 
 use crate::api::MANAGER;
+use crate::json::at;
 use crate::render::INSTALL_LABEL;
 use serde_json::Value;
 
@@ -51,7 +52,7 @@ pub fn may_write(
             )),
         };
     }
-    if meta["annotations"][ADOPT_ANNOTATION] == "true" || made_by_an_istio_install(live) {
+    if at(meta, &["annotations", ADOPT_ANNOTATION]) == "true" || made_by_an_istio_install(live) {
         return Ok(());
     }
     Err(format!(
@@ -71,8 +72,8 @@ fn made_by_an_istio_install(live: &Value) -> bool {
             k.starts_with("install.operator.istio.io/") || k.starts_with("operator.istio.io/")
         })
     });
-    let helm = !meta["annotations"]["meta.helm.sh/release-name"].is_null()
-        || meta["labels"]["app.kubernetes.io/managed-by"] == "Helm";
+    let helm = !at(meta, &["annotations", "meta.helm.sh/release-name"]).is_null()
+        || at(meta, &["labels", "app.kubernetes.io/managed-by"]) == "Helm";
     istioctl || helm
 }
 

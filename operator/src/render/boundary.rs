@@ -15,6 +15,17 @@
 //! objects or CRDs at all, cannot change an object's identity or ownership, and cannot redirect
 //! a webhook's `clientConfig` (the API server would send every pod to it).
 
+// Not yet converted to the no-panic lint (see lib.rs).
+#![cfg_attr(
+    not(test),
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use super::{COMPONENT_LABEL, INSTALL_LABEL, RenderError, RenderedObject};
 use crate::api::MANAGER;
 use crate::kinds::{self, Scope};

@@ -9,7 +9,6 @@
 
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind};
-use std::fmt::Write;
 
 pub(super) fn to_yaml(value: &Value) -> Result<String, Error> {
     let mut out = String::new();
@@ -107,7 +106,7 @@ fn write_scalar(out: &mut String, value: &Value, indent: usize) -> Result<(), Er
                     format!("toyaml: {f} is not a number YAML readers agree on"),
                 ));
             }
-            write!(out, "{value}").expect("writing to a String");
+            out.push_str(&value.to_string());
         }
         ValueKind::String => write_string(out, value.as_str().unwrap_or_default(), indent, true),
         ValueKind::Map => out.push_str("{}"),
@@ -189,7 +188,7 @@ fn write_quoted(out: &mut String, s: &str) {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             c if c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') => {
-                write!(out, "\\u{:04x}", c as u32).expect("writing to a String")
+                out.push_str(&format!("\\u{:04x}", c as u32))
             }
             c => out.push(c),
         }

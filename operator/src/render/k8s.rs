@@ -1,5 +1,16 @@
 //! `components.<c>.k8s`: Kubernetes-level overrides applied to a component's rendered objects.
 
+// Not yet converted to the no-panic lint (see lib.rs).
+#![cfg_attr(
+    not(test),
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use crate::api::KubernetesOverrides;
 use crate::overlay;
 use crate::values::merge;

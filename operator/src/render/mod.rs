@@ -10,6 +10,7 @@ pub mod waypoints;
 
 use crate::api::MANAGER;
 use crate::bundle;
+use crate::json::at;
 use crate::validate::{ComponentKind, ValidatedComponent, ValidatedInstall};
 use minijinja::value::{Rest, Serde};
 use minijinja::{Environment, Error as TemplateError, ErrorKind, State, UndefinedBehavior};
@@ -33,13 +34,15 @@ pub struct RenderedObject {
 
 impl RenderedObject {
     pub fn kind(&self) -> &str {
-        self.object["kind"].as_str().unwrap_or_default()
+        at(&self.object, &["kind"]).as_str().unwrap_or_default()
     }
     pub fn name(&self) -> &str {
-        self.object["metadata"]["name"].as_str().unwrap_or_default()
+        at(&self.object, &["metadata", "name"])
+            .as_str()
+            .unwrap_or_default()
     }
     pub fn namespace(&self) -> Option<&str> {
-        self.object["metadata"]["namespace"].as_str()
+        at(&self.object, &["metadata", "namespace"]).as_str()
     }
 }
 
@@ -70,6 +73,9 @@ pub enum RenderError {
 
 pub use crate::kinds::is_cluster_scoped;
 
+// The one `expect` is on a constant syntax configuration (see there): nothing else fits a
+// `OnceLock` initialiser, and the render tests exercise it on every bundle.
+#[allow(clippy::expect_used)]
 fn environment() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
@@ -80,6 +86,8 @@ fn environment() -> &'static Environment<'static> {
                 .trim_blocks(true)
                 .lstrip_blocks(true)
                 .build()
+                // A constant: the default delimiters plus two whitespace options, which
+                // `build` cannot refuse; a silent fallback would render different YAML.
                 .expect("valid syntax config"),
         );
         // Templates compile on first use: a process rendering one release never pays for the
@@ -152,8 +160,9 @@ fn merge_template_values(
             }
             (None, true) => {}
             (Some(i), false) => {
-                let merged = merge_template_values(entries[i].1.clone(), value)?;
-                entries[i].1 = merged;
+                if let Some(entry) = entries.get_mut(i) {
+                    entry.1 = merge_template_values(entry.1.clone(), value)?;
+                }
             }
             (None, false) => entries.push((key, value)),
         }
@@ -193,7 +202,8 @@ fn release_at_least(state: &State, versions: Rest<String>) -> Result<bool, Templ
     let decisive = wanted
         .iter()
         .find(|w| (w.major, w.minor) == (current.major, current.minor))
-        .unwrap_or_else(|| wanted.last().expect("not empty"));
+        .or_else(|| wanted.last())
+        .ok_or_else(|| bad("release_at_least() needs at least one release"))?;
     Ok(current >= *decisive)
 }
 
@@ -234,7 +244,7 @@ pub fn render(
             render_templates(env, install, component, &values)?
         };
         for obj in &mut objects {
-            finish_metadata(obj, component, owner);
+            finish_metadata(obj, component, owner)?;
         }
         if let Some(k8s) = &component.k8s {
             k8s::apply_overrides(&mut objects, k8s).map_err(|message| RenderError::Override {
@@ -315,7 +325,7 @@ fn context(
                 "name": component.name,
                 "type": if ingress { "ingress" } else { "egress" },
                 "labels": component.labels,
-                "values": install.values["gateways"][key],
+                "values": at(&install.values, &["gateways", key]),
             })
         }
         _ => Value::Null,
@@ -430,45 +440,62 @@ pub fn split_documents(text: &str) -> impl Iterator<Item = &str> {
     docs.into_iter().filter(|d| !d.trim().is_empty())
 }
 
-fn finish_metadata(obj: &mut Value, component: &ValidatedComponent, owner: Option<&str>) {
+/// Namespace and ownership labels on a rendered object; an object, metadata or labels that are
+/// not maps are refused (naming the field) rather than written into.
+fn finish_metadata(
+    obj: &mut Value,
+    component: &ValidatedComponent,
+    owner: Option<&str>,
+) -> Result<(), RenderError> {
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-    let meta = obj
-        .as_object_mut()
-        .expect("objects are maps")
-        .entry("metadata")
-        .or_insert_with(|| json!({}));
+    let refused = |field: &str, found: &Value| RenderError::Boundary {
+        component: component.kind.field().to_string(),
+        object: kind.clone(),
+        field: field.to_string(),
+        message: format!("expected a map, found {found}"),
+    };
+    let Some(obj) = obj.as_object_mut() else {
+        return Err(refused("(the object)", obj));
+    };
+    let meta = obj.entry("metadata").or_insert_with(|| json!({}));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(refused("metadata", meta));
+    };
     if is_cluster_scoped(&kind) {
-        meta.as_object_mut().map(|m| m.remove("namespace"));
+        meta.remove("namespace");
     } else if meta.get("namespace").is_none() {
-        meta["namespace"] = json!(component.namespace);
+        meta.insert("namespace".into(), json!(component.namespace));
     }
-    let labels = meta
-        .as_object_mut()
-        .expect("metadata is a map")
-        .entry("labels")
-        .or_insert_with(|| json!({}));
-    labels["app.kubernetes.io/managed-by"] = json!(MANAGER);
-    labels[COMPONENT_LABEL] = json!(component.name);
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    let Some(labels) = labels.as_object_mut() else {
+        return Err(refused("metadata.labels", labels));
+    };
+    labels.insert("app.kubernetes.io/managed-by".into(), json!(MANAGER));
+    labels.insert(COMPONENT_LABEL.into(), json!(component.name));
     if let Some(owner) = owner {
-        labels[INSTALL_LABEL] = json!(owner);
+        labels.insert(INSTALL_LABEL.into(), json!(owner));
     }
+    Ok(())
 }
 
 /// Objects as multi-document YAML, in apply order.
-pub fn to_yaml(objects: &[RenderedObject]) -> String {
+pub fn to_yaml(objects: &[RenderedObject]) -> Result<String, String> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_saphyr::to_string(&o.object).expect("JSON values serialize"));
+        out.push_str(
+            &serde_saphyr::to_string(&o.object)
+                .map_err(|e| format!("{} {}: {e}", o.kind(), o.name()))?,
+        );
     }
-    out
+    Ok(out)
 }
 
 /// Objects as a `v1/List`.
-pub fn to_json(objects: &[RenderedObject]) -> String {
+pub fn to_json(objects: &[RenderedObject]) -> Result<String, String> {
     let items: Vec<&Value> = objects.iter().map(|o| &o.object).collect();
     serde_json::to_string_pretty(&json!({"apiVersion": "v1", "kind": "List", "items": items}))
-        .expect("serializes")
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

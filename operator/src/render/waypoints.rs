@@ -3,7 +3,7 @@
 //! turns into a proxy Deployment and Service.
 
 use crate::api::Waypoint;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// Label on namespaces that a waypoint entry enrolled in ambient mode.
 pub const ENROLLED_BY_LABEL: &str = "istioinstall.io/enrolled-by";
@@ -14,18 +14,24 @@ pub fn waypoint_name(w: &Waypoint) -> &str {
 
 /// The Gateway object of one waypoint.
 pub fn gateway(w: &Waypoint, revision: &str) -> Value {
-    let mut labels =
-        json!({ "istio.io/waypoint-for": w.for_traffic.as_deref().unwrap_or("service") });
+    let mut labels = Map::new();
+    labels.insert(
+        "istio.io/waypoint-for".into(),
+        json!(w.for_traffic.as_deref().unwrap_or("service")),
+    );
     if !revision.is_empty() {
-        labels["istio.io/rev"] = json!(revision);
+        labels.insert("istio.io/rev".into(), json!(revision));
     }
+    let allowed = match w.allowed_namespaces.as_deref() {
+        Some("All") => Some(json!({"namespaces": {"from": "All"}})),
+        Some("Selector") => Some(
+            json!({"namespaces": {"from": "Selector", "selector": w.namespace_selector.clone().unwrap_or_default()}}),
+        ),
+        _ => None,
+    };
     let mut listener = json!({"name": "mesh", "port": 15008, "protocol": "HBONE"});
-    match w.allowed_namespaces.as_deref() {
-        Some("All") => listener["allowedRoutes"] = json!({"namespaces": {"from": "All"}}),
-        Some("Selector") => {
-            listener["allowedRoutes"] = json!({"namespaces": {"from": "Selector", "selector": w.namespace_selector.clone().unwrap_or_default()}})
-        }
-        _ => {}
+    if let (Some(allowed), Some(l)) = (allowed, listener.as_object_mut()) {
+        l.insert("allowedRoutes".into(), allowed);
     }
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -41,14 +47,14 @@ pub fn enrolments(waypoints: &[Waypoint], owner: &str) -> Vec<(String, Value)> {
     let mut out: Vec<(String, Value)> = Vec::new();
     for w in waypoints {
         let mut add = |ns: &str, cross: bool| {
-            let mut labels = json!({
-                "istio.io/dataplane-mode": "ambient",
-                "istio.io/use-waypoint": waypoint_name(w),
-                ENROLLED_BY_LABEL: owner,
-            });
+            let mut labels = Map::new();
+            labels.insert("istio.io/dataplane-mode".into(), json!("ambient"));
+            labels.insert("istio.io/use-waypoint".into(), json!(waypoint_name(w)));
+            labels.insert(ENROLLED_BY_LABEL.into(), json!(owner));
             if cross {
-                labels["istio.io/use-waypoint-namespace"] = json!(w.namespace);
+                labels.insert("istio.io/use-waypoint-namespace".into(), json!(w.namespace));
             }
+            let labels = Value::Object(labels);
             if !out.iter().any(|(n, _)| n == ns) {
                 out.push((ns.to_string(), labels));
             }

@@ -233,7 +233,7 @@ impl Metrics {
 
     /// How long the oldest reconcile under way has been running.
     pub fn oldest_reconcile(&self) -> Option<std::time::Duration> {
-        let in_flight = self.in_flight.lock().expect("not poisoned");
+        let in_flight = self.in_flight();
         in_flight.values().min().map(Instant::elapsed)
     }
 
@@ -248,10 +248,22 @@ impl Metrics {
         }
     }
 
+    /// The metrics in Prometheus' text format. Writing to a String cannot fail; should the
+    /// encoder fail anyway, the scrape gets what was written so far and the error is logged.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("text encoding");
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding the metrics");
+        }
         out
+    }
+
+    /// The in-flight reconciles. A poisoned lock only means a panic elsewhere while it was
+    /// held (a reconcile's panic is caught); the map is still whole, so carry on with it.
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Instant>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -267,22 +279,14 @@ impl<'a> ReconcileTimer<'a> {
         metrics.reconciles.inc();
         let id = metrics.next_reconcile.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        metrics
-            .in_flight
-            .lock()
-            .expect("not poisoned")
-            .insert(id, start);
+        metrics.in_flight().insert(id, start);
         ReconcileTimer { metrics, start, id }
     }
 }
 
 impl Drop for ReconcileTimer<'_> {
     fn drop(&mut self) {
-        self.metrics
-            .in_flight
-            .lock()
-            .expect("not poisoned")
-            .remove(&self.id);
+        self.metrics.in_flight().remove(&self.id);
         self.metrics
             .duration
             .observe(self.start.elapsed().as_secs_f64());

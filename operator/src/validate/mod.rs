@@ -2,6 +2,17 @@
 //! values, the components to install). Pure; every error names the field, what was expected and
 //! what was found.
 
+// Not yet converted to the no-panic lint (see lib.rs).
+#![cfg_attr(
+    not(test),
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::panic
+    )
+)]
+
 use crate::api::{GatewayComponentSpec, IstioInstallSpec, KubernetesOverrides, Waypoint};
 use crate::bundle::{self, Bundle, Release};
 use crate::values::{self, ValuesError};
