@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{ServiceAccountAccess, e2e_root, random_suffix};
 
 /// The newest patch of each bundled minor: what `make istiod` builds.
-pub const TAGS: [&str; 2] = ["1.23.6", "1.24.6"];
+pub const TAGS: [&str; 3] = ["1.23.6", "1.24.6", "1.25.5"];
 
 /// `$E2E_ROOT/bin/istiod-<tag>/pilot-discovery`.
 pub fn binary(tag: &str) -> PathBuf {
@@ -108,6 +108,8 @@ pub struct Ports {
     pub https: u16,
     /// `--monitoringAddr`: /metrics.
     pub monitoring: u16,
+    /// `--ctrlz_port`: ControlZ, istiod's introspection page.
+    pub ctrlz: u16,
 }
 
 fn free_port() -> Result<u16> {
@@ -232,6 +234,7 @@ impl Istiod {
             secure_grpc: free_port()?,
             https: free_port()?,
             monitoring: free_port()?,
+            ctrlz: free_port()?,
         };
         let mut args: Vec<String> = c.args.clone().unwrap_or_default();
         // Later flags win: every listener on loopback, whatever the Deployment says.
@@ -241,6 +244,9 @@ impl Istiod {
             format!("--secureGRPCAddr=127.0.0.1:{}", ports.secure_grpc),
             format!("--httpsAddr=127.0.0.1:{}", ports.https),
             format!("--monitoringAddr=127.0.0.1:{}", ports.monitoring),
+            // ControlZ's fixed default port (9876) would clash between two istiods.
+            "--ctrlz_address=127.0.0.1".to_string(),
+            format!("--ctrlz_port={}", ports.ctrlz),
             format!("--kubeconfig={}", sa.kubeconfig.display()),
         ]);
         let log = dir.join("istiod.log");
