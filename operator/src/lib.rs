@@ -6,9 +6,8 @@
 
 // No panics outside tests (issue #13): input is untrusted, and one install's panic must never
 // take the operator down. `make lint` (clippy -D warnings) enforces it. Modules not yet
-// converted carry an `allow` of their own, listed here: apply and controller (being
-// refactored), bundle, render::{boundary, k8s, template_yaml}, validate (mod, meshconfig),
-// values.
+// converted carry an `allow` of their own, listed here: bundle,
+// render::{boundary, k8s, template_yaml}, validate (mod, meshconfig), values.
 #![cfg_attr(
     not(test),
     deny(
@@ -20,29 +19,9 @@
 )]
 
 pub mod api;
-// Not yet converted to the no-panic lint (see above).
-#[cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
 pub mod apply;
 pub mod bundle;
 pub mod client;
-// Not yet converted to the no-panic lint (see above); its other files are.
-#[cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
 pub mod controller;
 pub mod decide;
 pub mod json;

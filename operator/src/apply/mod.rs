@@ -7,6 +7,7 @@
 pub mod events;
 
 use crate::api::{IstioInstall, IstioInstallStatus, MANAGER};
+use crate::json::at;
 use crate::plan::ObjectKey;
 use crate::render::is_cluster_scoped;
 use kube::api::{
@@ -197,13 +198,13 @@ impl Applier {
     pub async fn release(&self, live: &Value, owner_uid: &str) -> Result<(), ApplyError> {
         let key = ObjectKey::of(live);
         let api = self.api(&key).await?;
-        let refs: Vec<&Value> = live["metadata"]["ownerReferences"]
+        let refs: Vec<&Value> = at(live, &["metadata", "ownerReferences"])
             .as_array()
             .map(|refs| refs.iter().filter(|r| r["uid"] != owner_uid).collect())
             .unwrap_or_default();
         let patch = serde_json::json!({"metadata": {
             "ownerReferences": refs,
-            "resourceVersion": live["metadata"]["resourceVersion"],
+            "resourceVersion": at(live, &["metadata", "resourceVersion"]),
         }});
         self.writes.inc();
         api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -252,11 +253,7 @@ impl Applier {
                 .items
                 .into_iter()
                 .filter_map(|o| serde_json::to_value(o).ok())
-                .map(|mut v| {
-                    v["apiVersion"] = Value::String(api_version.to_string());
-                    v["kind"] = Value::String(kind.to_string());
-                    v
-                })
+                .map(|v| typed(v, api_version, kind))
                 .collect()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
             Err(source) => Err(ApplyError::Kube {
@@ -285,8 +282,10 @@ impl Applier {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let mut patch =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-        if labels.as_object().is_some_and(|l| !l.is_empty()) {
-            patch["metadata"]["labels"] = labels.clone();
+        if labels.as_object().is_some_and(|l| !l.is_empty())
+            && let Some(meta) = patch.get_mut("metadata").and_then(Value::as_object_mut)
+        {
+            meta.insert("labels".into(), labels.clone());
         }
         self.writes.inc();
         api.patch(
@@ -377,6 +376,23 @@ impl Applier {
             source,
         })?;
         Ok(())
+    }
+}
+
+/// An object read from a list or a cache, with the apiVersion and kind those leave out.
+pub fn typed(mut v: Value, api_version: &str, kind: &str) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("apiVersion".into(), Value::String(api_version.to_string()));
+        o.insert("kind".into(), Value::String(kind.to_string()));
+    }
+    v
+}
+
+/// The labels of a live object (`{}` when it has none).
+pub fn labels_of(live: &Value) -> Value {
+    match at(live, &["metadata", "labels"]) {
+        Value::Null => json!({}),
+        labels => labels.clone(),
     }
 }
 

@@ -322,8 +322,9 @@ async fn execute(
 ) -> Result<(), ApplyError> {
     for ns in &writes.namespaces {
         let live = ctx.applier.create_namespace(ns).await?;
-        let labels = live["metadata"]["labels"].clone();
-        observed.namespaces.insert(ns.clone(), labels);
+        observed
+            .namespaces
+            .insert(ns.clone(), crate::apply::labels_of(&live));
     }
     for desired in &writes.objects {
         let key = ObjectKey::of(desired);
@@ -484,6 +485,10 @@ async fn paused(ii: &IstioInstall, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+fn resource_version(live: &serde_json::Value) -> Option<&str> {
+    crate::json::at(live, &["metadata", "resourceVersion"]).as_str()
+}
+
 /// What a plan depends on besides the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PlanShape {
@@ -559,7 +564,7 @@ impl Context {
                 let key = ObjectKey::of(desired);
                 let live = observed.live.get(&key)?;
                 let (rv, intent) = memo.in_sync.get(&key)?;
-                (live["metadata"]["resourceVersion"].as_str() == Some(rv.as_str())
+                (resource_version(live) == Some(rv.as_str())
                     && plan::intent_of(desired) == Some(intent.as_str()))
                 .then_some(key)
             })
@@ -581,7 +586,7 @@ impl Context {
             else {
                 continue;
             };
-            if let Some(rv) = live["metadata"]["resourceVersion"].as_str() {
+            if let Some(rv) = resource_version(live) {
                 memo.in_sync
                     .insert(key, (rv.to_string(), intent.to_string()));
             }
@@ -651,13 +656,14 @@ async fn finish(ii: &IstioInstall, ctx: &Context, outcome: Outcome) -> Result<()
     let before = prev
         .and_then(|s| status::condition_of(s, status::READY))
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()));
-    let ready = status::condition_of(&next, status::READY).expect("always set");
-    if before.as_ref()
-        != Some(&(
-            ready.status.clone(),
-            ready.reason.clone(),
-            ready.message.clone(),
-        ))
+    // next_status always sets Ready; an Event is published when it changed.
+    if let Some(ready) = status::condition_of(&next, status::READY)
+        && before.as_ref()
+            != Some(&(
+                ready.status.clone(),
+                ready.reason.clone(),
+                ready.message.clone(),
+            ))
     {
         let (type_, reason) = match &outcome.state {
             State::Ready => (EventType::Normal, "Ready".to_string()),

@@ -9,7 +9,7 @@
 
 use super::{Context, MANAGED_SELECTOR};
 use crate::api::IstioInstall;
-use crate::apply::{ApplyError, api_resource};
+use crate::apply::{ApplyError, api_resource, labels_of, typed};
 use crate::decide::Observed;
 use crate::kinds::Kind;
 use crate::plan::{ObjectKey, Plan};
@@ -189,10 +189,11 @@ async fn served(client: &Client, ar: &ApiResource) -> bool {
 
 /// A cached object as JSON with its apiVersion and kind (list answers leave them out).
 fn as_value(o: &DynamicObject, ar: &ApiResource) -> Value {
-    let mut v = serde_json::to_value(o).unwrap_or_default();
-    v["apiVersion"] = Value::String(ar.api_version.clone());
-    v["kind"] = Value::String(ar.kind.clone());
-    v
+    typed(
+        serde_json::to_value(o).unwrap_or_default(),
+        &ar.api_version,
+        &ar.kind,
+    )
 }
 
 /// What the cluster holds for an install's plan: its planned objects, the namespaces it
@@ -227,14 +228,11 @@ pub async fn observe(
     for ns in wanted {
         let labels = match caches.namespace_labels(ns) {
             Some(labels) => Some(labels),
-            None => ctx.applier.get(&namespace_key(ns)).await?.map(|live| {
-                let labels = live["metadata"]["labels"].clone();
-                if labels.is_null() {
-                    serde_json::json!({})
-                } else {
-                    labels
-                }
-            }),
+            None => ctx
+                .applier
+                .get(&namespace_key(ns))
+                .await?
+                .map(|live| labels_of(&live)),
         };
         if let Some(labels) = labels {
             observed.namespaces.insert(ns.clone(), labels);
@@ -281,11 +279,7 @@ pub async fn list_owned(ii: &IstioInstall, ctx: &Context) -> Result<Vec<Value>, 
             }
         }
     }
-    out.retain(|o| {
-        o["metadata"]["ownerReferences"]
-            .as_array()
-            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid.as_str()))
-    });
+    out.retain(|o| crate::plan::owned_by(o, &uid));
     Ok(out)
 }
 
@@ -299,6 +293,10 @@ pub async fn list_enrolled(ii: &IstioInstall, ctx: &Context) -> Result<Vec<Strin
     let listed = ctx.applier.list("v1", "Namespace", &selector).await?;
     Ok(listed
         .iter()
-        .filter_map(|ns| ns["metadata"]["name"].as_str().map(String::from))
+        .filter_map(|ns| {
+            crate::json::at(ns, &["metadata", "name"])
+                .as_str()
+                .map(String::from)
+        })
         .collect())
 }

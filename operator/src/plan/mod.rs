@@ -197,6 +197,13 @@ pub fn is_ignored(live: &Value) -> bool {
     ) == "true"
 }
 
+/// Whether a live object carries an owner reference to `uid`.
+pub fn owned_by(live: &Value, uid: &str) -> bool {
+    at(live, &["metadata", "ownerReferences"])
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|r| at(r, &["uid"]).as_str() == Some(uid)))
+}
+
 pub fn prune_set<'a>(plan: &Plan, live: &'a [Value], owner_uid: &str) -> Vec<&'a Value> {
     let wanted: std::collections::HashSet<ObjectKey> = plan
         .keys()
@@ -208,11 +215,7 @@ pub fn prune_set<'a>(plan: &Plan, live: &'a [Value], owner_uid: &str) -> Vec<&'a
     live.iter()
         .filter(|o| o["kind"] != "CustomResourceDefinition")
         .filter(|o| !is_ignored(o))
-        .filter(|o| {
-            at(o, &["metadata", "ownerReferences"])
-                .as_array()
-                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid))
-        })
+        .filter(|o| owned_by(o, owner_uid))
         .filter(|o| {
             !wanted.contains(&ObjectKey {
                 api_version: String::new(),
