@@ -135,20 +135,7 @@ impl Operator {
 
     /// A GET on the operator's HTTP port: status code and the whole response.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, out))
+        http_get(self.port, path).await
     }
 
     /// The value of an unlabelled metric.
@@ -272,4 +259,22 @@ pub async fn remove_all_installs(c: &Client) -> Result<()> {
         || async { Ok(api.list(&ListParams::default()).await?.items.is_empty()) },
     )
     .await
+}
+
+/// A GET on an operator's HTTP port on loopback (any operator process the tests run): status
+/// code and the whole response, within 10 s.
+pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await??;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, out))
 }
