@@ -5,9 +5,8 @@
 //! [`decide`] says what to write next from what is observed, and only [`apply`] writes.
 
 // No panics outside tests (issue #13): input is untrusted, and one install's panic must never
-// take the operator down. `make lint` (clippy -D warnings) enforces it. Modules not yet
-// converted carry an `allow` of their own, listed here: bundle,
-// render::{boundary, k8s, template_yaml}, validate (mod, meshconfig), values.
+// take the operator down. `make lint` (clippy -D warnings) enforces it for every module; the
+// one exception is an `expect` on a constant in render::environment, which says why.
 #![cfg_attr(
     not(test),
     deny(

@@ -135,6 +135,18 @@ const SPEC_FIELDS: &[&str] = &[
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every command reads the bundles; a broken one is a defect of the build (or of
+    // ISTIO_INSTALL_CHARTS_DIR) and stops here, before anything is rendered or applied.
+    if let [first, ..] = bundle::load_errors() {
+        eprintln!(
+            "error: the chart bundles do not load ({} problem(s)); first: {first}",
+            bundle::load_errors().len()
+        );
+        for e in bundle::load_errors() {
+            eprintln!("  {e}");
+        }
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Run(args) => run_operator(args),
         Command::Render(args) => run_render(args),

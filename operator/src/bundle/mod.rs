@@ -18,17 +18,7 @@
 //! charts/<minor>/templates/<component>/files/ raw files the templates embed (injection templates)
 //! ```
 
-// Not yet converted to the no-panic lint (see lib.rs).
-#![cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
+use crate::validate::meshconfig::MeshSchema;
 use include_dir::{Dir, include_dir};
 use serde::Deserialize;
 use serde_json::Value;
@@ -96,8 +86,12 @@ pub struct Bundle {
     files: BTreeMap<String, String>,
     /// The paths of `files` that come from `charts/common/`, for messages naming a file.
     common: std::collections::BTreeSet<String>,
-    /// Parsed values layers and YAML files, memoised: they never change within a process.
-    parsed: std::sync::Mutex<BTreeMap<String, Option<Value>>>,
+    /// Every YAML file outside `templates/`, parsed when the bundle is loaded.
+    yaml: BTreeMap<String, Value>,
+    /// Every values layer (`values/<name>.yaml` and `values/<name>/*.yaml`), merged at load.
+    layers: BTreeMap<String, Value>,
+    /// The MeshConfig schema of this minor (`meshconfig.yaml`).
+    mesh_schema: MeshSchema,
 }
 
 /// An exact release resolved from `spec.version`.
@@ -147,6 +141,13 @@ impl fmt::Debug for Bundle {
     }
 }
 
+// Bundles are unique by minor (one folder each).
+impl PartialEq for Bundle {
+    fn eq(&self, other: &Bundle) -> bool {
+        self.minor == other.minor
+    }
+}
+
 impl Bundle {
     /// A file of this bundle as text, by path relative to the minor's folder.
     pub fn file(&self, path: &str) -> Option<&str> {
@@ -163,27 +164,10 @@ impl Bundle {
         }
     }
 
-    /// A YAML file of this bundle parsed to JSON values; `None` when absent.
+    /// A YAML file of this bundle (outside `templates/`) parsed to JSON values; `None` when
+    /// absent.
     pub fn yaml(&self, path: &str) -> Option<Value> {
-        self.memo(&format!("file:{path}"), || self.parse_file(path))
-    }
-
-    fn memo(&self, key: &str, compute: impl FnOnce() -> Option<Value>) -> Option<Value> {
-        if let Some(v) = self.parsed.lock().expect("not poisoned").get(key) {
-            return v.clone();
-        }
-        let v = compute();
-        self.parsed
-            .lock()
-            .expect("not poisoned")
-            .insert(key.to_string(), v.clone());
-        v
-    }
-
-    fn parse_file(&self, path: &str) -> Option<Value> {
-        self.file(path).map(|text| {
-            parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}: {e}", self.source(path)))
-        })
+        self.yaml.get(path).cloned()
     }
 
     /// Every file under `dir` (relative to the minor), as (path relative to the minor, text).
@@ -199,32 +183,60 @@ impl Bundle {
     /// A values layer: `values/<name>.yaml` and every `values/<name>/*.yaml`, deep-merged
     /// (each component keeps its part of a layer in its own file). `None` when absent.
     pub fn layer(&self, name: &str) -> Option<Value> {
-        self.memo(&format!("layer:{name}"), || self.merge_layer(name))
+        self.layers.get(name).cloned()
     }
 
-    fn merge_layer(&self, name: &str) -> Option<Value> {
-        let single = format!("values/{name}.yaml");
-        let mut parts: Vec<(&str, &str)> = self
-            .file(&single)
-            .map(|t| (single.as_str(), t))
-            .into_iter()
-            .collect();
-        parts.extend(self.files_under(&format!("values/{name}")));
-        if parts.is_empty() {
-            return None;
-        }
-        let mut merged = Value::Object(Default::default());
-        for (path, text) in parts {
-            let layer =
-                parse_yaml(text).unwrap_or_else(|e| panic!("charts/{}: {e}", self.source(path)));
-            if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
-                panic!(
-                    "charts/{}: {conflict} is also set by another file of this layer",
-                    self.source(path)
-                );
+    /// The MeshConfig fields and types of this minor's istiod.
+    pub fn mesh_schema(&self) -> &MeshSchema {
+        &self.mesh_schema
+    }
+
+    /// Parses every YAML file outside `templates/` and merges the values layers: a broken
+    /// file is found when the bundles load, never in the middle of a reconcile.
+    fn parse(&mut self) -> Result<(), String> {
+        for (path, text) in &self.files {
+            if path.ends_with(".yaml") && !path.starts_with("templates/") {
+                let v =
+                    parse_yaml(text).map_err(|e| format!("charts/{}: {e}", self.source(path)))?;
+                self.yaml.insert(path.clone(), v);
             }
         }
-        Some(merged)
+        // `values/<name>.yaml` and `values/<name>/<part>.yaml` are parts of layer <name>.
+        let mut parts: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for path in self.yaml.keys() {
+            let Some(rest) = path.strip_prefix("values/") else {
+                continue;
+            };
+            let name = match rest.split_once('/') {
+                Some((dir, _)) => dir,
+                None => rest.trim_end_matches(".yaml"),
+            };
+            parts.entry(name.to_string()).or_default().push(path);
+        }
+        let mut layers = BTreeMap::new();
+        for (name, paths) in parts {
+            let mut merged = Value::Object(Default::default());
+            for path in paths {
+                let layer = self.yaml.get(path).cloned().unwrap_or(Value::Null);
+                if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
+                    return Err(format!(
+                        "charts/{}: {conflict} is also set by another file of layer {name}",
+                        self.source(path)
+                    ));
+                }
+            }
+            layers.insert(name, merged);
+        }
+        self.layers = layers;
+        let mesh = self.yaml.get("meshconfig.yaml").cloned().ok_or_else(|| {
+            format!(
+                "charts/{}/meshconfig.yaml is missing; write it with e2e/meshconfig-schema.py",
+                self.minor
+            )
+        })?;
+        self.mesh_schema = MeshSchema::parse(mesh)
+            .map_err(|e| format!("charts/{}: {e}", self.source("meshconfig.yaml")))?;
+        Ok(())
     }
 
     /// Profiles of this minor, as `bundle.yaml` lists them (each has `profiles/<name>.yaml`).
@@ -233,7 +245,7 @@ impl Bundle {
     }
 
     /// The chart defaults: every `values/defaults/*.yaml` deep-merged. Two files setting the same
-    /// leaf to different values is a bundle bug and panics (a unit test loads every bundle).
+    /// leaf to different values is a bundle bug: the bundle does not load (see [`load_errors`]).
     pub fn default_values(&self) -> Value {
         self.layer("defaults")
             .unwrap_or_else(|| Value::Object(Default::default()))
@@ -305,65 +317,109 @@ fn yaml_options() -> serde_saphyr::Options {
 /// development: edit a template, re-run `render`, no rebuild).
 pub const CHARTS_DIR_ENV: &str = "ISTIO_INSTALL_CHARTS_DIR";
 
-/// All bundles, newest minor last.
+/// All bundles that loaded, newest minor last.
 pub fn bundles() -> &'static [Bundle] {
-    static ALL: OnceLock<Vec<Bundle>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut folders: Vec<(String, BTreeMap<String, String>)> = Vec::new();
-        if let Some(root) = std::env::var_os(CHARTS_DIR_ENV) {
+    &loaded().0
+}
+
+/// Why a bundle (or the charts folder) did not load, one message per problem, naming the
+/// file. Empty for a sound binary (a unit test loads every bundle); the operator refuses to
+/// start otherwise, rather than fail installs one by one.
+pub fn load_errors() -> &'static [String] {
+    &loaded().1
+}
+
+fn loaded() -> &'static (Vec<Bundle>, Vec<String>) {
+    static ALL: OnceLock<(Vec<Bundle>, Vec<String>)> = OnceLock::new();
+    ALL.get_or_init(|| match std::env::var_os(CHARTS_DIR_ENV) {
+        Some(root) => {
             let root = std::path::PathBuf::from(root);
-            let entries = std::fs::read_dir(&root)
-                .unwrap_or_else(|e| panic!("{CHARTS_DIR_ENV}={}: {e}", root.display()));
-            for e in entries.flatten() {
-                if e.path().is_dir() {
-                    let mut files = BTreeMap::new();
-                    collect_disk(&e.path(), &e.path(), &mut files);
-                    folders.push((e.file_name().to_string_lossy().to_string(), files));
+            match std::fs::read_dir(&root) {
+                Ok(entries) => {
+                    let folders = entries
+                        .flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| {
+                            let mut files = BTreeMap::new();
+                            collect_disk(&e.path(), &e.path(), &mut files);
+                            (e.file_name().to_string_lossy().to_string(), files)
+                        })
+                        .collect();
+                    load(folders)
                 }
-            }
-        } else {
-            for dir in CHARTS.dirs() {
-                let minor = dir.path().to_string_lossy().to_string();
-                let mut files = BTreeMap::new();
-                collect_embedded(dir, &minor, &mut files);
-                folders.push((minor, files));
+                Err(e) => (
+                    Vec::new(),
+                    vec![format!(
+                        "{CHARTS_DIR_ENV}={}: {e}; set it to a charts/ folder or unset it",
+                        root.display()
+                    )],
+                ),
             }
         }
-        let common: BTreeMap<String, String> = folders
-            .iter()
-            .find(|(name, _)| name == COMMON)
-            .map(|(_, files)| files.clone())
-            .unwrap_or_default();
-        let mut all: Vec<Bundle> = folders
-            .into_iter()
-            .filter_map(|(minor, own)| {
-                let text = own.get("bundle.yaml")?;
-                let manifest: BundleManifest = serde_saphyr::from_str(text)
-                    .unwrap_or_else(|e| panic!("charts/{minor}/bundle.yaml: {e}"));
-                let shared: std::collections::BTreeSet<String> = common
-                    .keys()
-                    .filter(|p| !own.contains_key(*p))
-                    .cloned()
-                    .collect();
-                let mut files = common.clone();
-                files.extend(own);
-                // An empty file of the minor hides the common one (a template or values file
-                // this minor does not have).
-                files.retain(|path, text| {
-                    !(is_blank(text) && (path.ends_with(".yaml") || path.ends_with(".jinja")))
-                });
-                Some(Bundle {
-                    parsed: Default::default(),
-                    minor,
-                    manifest,
-                    files,
-                    common: shared,
+        None => load(
+            CHARTS
+                .dirs()
+                .map(|dir| {
+                    let minor = dir.path().to_string_lossy().to_string();
+                    let mut files = BTreeMap::new();
+                    collect_embedded(dir, &minor, &mut files);
+                    (minor, files)
                 })
-            })
-            .collect();
-        all.sort_by_key(|b| Release::parse(&format!("{}.0", b.minor)));
-        all
+                .collect(),
+        ),
     })
+}
+
+/// Bundles from the folders of `charts/` (name → path relative to the folder → text): each
+/// folder with a `bundle.yaml` over `common/`. A folder that does not parse is left out and
+/// its error returned.
+fn load(folders: Vec<(String, BTreeMap<String, String>)>) -> (Vec<Bundle>, Vec<String>) {
+    let common: BTreeMap<String, String> = folders
+        .iter()
+        .find(|(name, _)| name == COMMON)
+        .map(|(_, files)| files.clone())
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    let mut all: Vec<Bundle> = Vec::new();
+    for (minor, own) in folders {
+        let Some(text) = own.get("bundle.yaml") else {
+            continue;
+        };
+        let manifest: BundleManifest = match serde_saphyr::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(format!("charts/{minor}/bundle.yaml: {e}"));
+                continue;
+            }
+        };
+        let shared: std::collections::BTreeSet<String> = common
+            .keys()
+            .filter(|p| !own.contains_key(*p))
+            .cloned()
+            .collect();
+        let mut files = common.clone();
+        files.extend(own);
+        // An empty file of the minor hides the common one (a template or values file this
+        // minor does not have).
+        files.retain(|path, text| {
+            !(is_blank(text) && (path.ends_with(".yaml") || path.ends_with(".jinja")))
+        });
+        let mut bundle = Bundle {
+            minor,
+            manifest,
+            files,
+            common: shared,
+            yaml: BTreeMap::new(),
+            layers: BTreeMap::new(),
+            mesh_schema: MeshSchema::default(),
+        };
+        match bundle.parse() {
+            Ok(()) => all.push(bundle),
+            Err(e) => errors.push(e),
+        }
+    }
+    all.sort_by_key(|b| Release::parse(&format!("{}.0", b.minor)));
+    (all, errors)
 }
 
 /// Every bundled release, oldest first.
@@ -378,16 +434,21 @@ pub fn releases() -> Vec<Release> {
 pub fn resolve(version: &str) -> Result<(Release, &'static Bundle), BundleError> {
     let version = version.trim().trim_start_matches('v');
     let parts: Vec<&str> = version.split('.').collect();
-    if !(2..=3).contains(&parts.len())
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || p.parse::<u32>().is_err())
-    {
-        return Err(BundleError::BadVersion {
-            found: version.to_string(),
-        });
-    }
-    let minor = format!("{}.{}", parts[0], parts[1]);
+    let (major, minor_number) = match parts.as_slice() {
+        [major, minor] | [major, minor, _]
+            if parts
+                .iter()
+                .all(|p| !p.is_empty() && p.parse::<u32>().is_ok()) =>
+        {
+            (*major, *minor)
+        }
+        _ => {
+            return Err(BundleError::BadVersion {
+                found: version.to_string(),
+            });
+        }
+    };
+    let minor = format!("{major}.{minor_number}");
     let expected = || {
         let all: Vec<String> = releases().iter().map(|r| r.to_string()).collect();
         let minors: Vec<&str> = bundles().iter().map(|b| b.minor.as_str()).collect();
@@ -467,6 +528,7 @@ mod tests {
 
     #[test]
     fn every_bundle_loads_its_defaults_and_profiles() {
+        assert_eq!(load_errors(), &[] as &[String]);
         assert!(!bundles().is_empty());
         for b in bundles() {
             assert!(b.default_values().is_object(), "{}", b.minor);
@@ -488,6 +550,68 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_broken_file_leaves_its_bundle_out_and_names_the_file() {
+        let folder = |files: &[(&str, &str)]| {
+            files
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let manifest = "releases: [\"9.1.0\"]\nhub: h\nprofiles: [default]\ngatewayApi: v1\n";
+        let (ok, errors) = load(vec![
+            (
+                COMMON.into(),
+                folder(&[
+                    ("values/defaults/a.yaml", "a: 1\n"),
+                    (
+                        "meshconfig.yaml",
+                        "root: M\nmessages: {M: {fields: {}}}\nenums: {}\n",
+                    ),
+                ]),
+            ),
+            ("9.1".into(), folder(&[("bundle.yaml", manifest)])),
+            (
+                "9.2".into(),
+                folder(&[
+                    ("bundle.yaml", manifest),
+                    ("profiles/default.yaml", "a: [\n"),
+                ]),
+            ),
+            (
+                "9.3".into(),
+                folder(&[
+                    ("bundle.yaml", manifest),
+                    ("values/defaults/b.yaml", "a: 2\n"),
+                ]),
+            ),
+            ("9.4".into(), folder(&[("bundle.yaml", "releases: 1.0\n")])),
+        ]);
+        let minors: Vec<&str> = ok.iter().map(|b| b.minor.as_str()).collect();
+        assert_eq!(minors, ["9.1"]);
+        assert_eq!(ok[0].default_values(), serde_json::json!({"a": 1}));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("charts/9.2/profiles/default.yaml: ")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("charts/9.3/values/defaults/b.yaml: ")
+                    && e.contains("layer defaults")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("charts/9.4/bundle.yaml: ")),
+            "{errors:?}"
+        );
     }
 
     #[test]

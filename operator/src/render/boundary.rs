@@ -15,19 +15,9 @@
 //! objects or CRDs at all, cannot change an object's identity or ownership, and cannot redirect
 //! a webhook's `clientConfig` (the API server would send every pod to it).
 
-// Not yet converted to the no-panic lint (see lib.rs).
-#![cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use super::{COMPONENT_LABEL, INSTALL_LABEL, RenderError, RenderedObject};
 use crate::api::MANAGER;
+use crate::json::at;
 use crate::kinds::{self, Scope};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -36,8 +26,8 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 fn object_name(o: &Value) -> String {
     let kind = o["kind"].as_str().unwrap_or("object");
-    let name = o["metadata"]["name"].as_str().unwrap_or_default();
-    match o["metadata"]["namespace"].as_str() {
+    let name = at(o, &["metadata", "name"]).as_str().unwrap_or_default();
+    match at(o, &["metadata", "namespace"]).as_str() {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
@@ -110,7 +100,7 @@ pub fn check(
             }
             _ => {}
         }
-        let labels = &o["metadata"]["labels"];
+        let labels = at(o, &["metadata", "labels"]);
         let expected = [
             ("app.kubernetes.io/managed-by", Some(MANAGER)),
             (COMPONENT_LABEL, Some(component)),
@@ -129,7 +119,7 @@ pub fn check(
                 ));
             }
         }
-        if !o["metadata"]["ownerReferences"].is_null() {
+        if !at(o, &["metadata", "ownerReferences"]).is_null() {
             return Err(refusal(
                 component,
                 o,
@@ -217,9 +207,9 @@ impl Identity {
             name: m["name"].clone(),
             namespace: m["namespace"].clone(),
             labels: [
-                m["labels"]["app.kubernetes.io/managed-by"].clone(),
-                m["labels"][COMPONENT_LABEL].clone(),
-                m["labels"][INSTALL_LABEL].clone(),
+                at(m, &["labels", "app.kubernetes.io/managed-by"]).clone(),
+                at(m, &["labels", COMPONENT_LABEL]).clone(),
+                at(m, &["labels", INSTALL_LABEL]).clone(),
             ],
             owner_references: m["ownerReferences"].clone(),
             webhook_clients: o["webhooks"]

@@ -12,17 +12,6 @@
 //! Why: a cold render spent most of its time in the general YAML parser (about 40 µs per KB of
 //! template output); this reader takes a few µs per KB.
 
-// Not yet converted to the no-panic lint (see lib.rs).
-#![cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use serde_json::{Map, Value};
 use yaml_rust2::Yaml;
 
@@ -137,7 +126,7 @@ impl<'a> Reader<'a> {
             } else if split_key(rest)?.is_some() {
                 // `- key: value`: a mapping that starts after the dash; its keys line up there.
                 let column = indent + (text.len() - rest.len());
-                let line = &mut self.lines[self.pos];
+                let line = self.lines.get_mut(self.pos).ok_or(Unsupported)?;
                 line.indent = column;
                 line.text = rest;
                 items.push(self.mapping(column)?);
@@ -175,7 +164,7 @@ impl<'a> Reader<'a> {
     /// A value that starts on its key's or dash's line (already consumed). `parent` is the
     /// indentation of that mapping or sequence.
     fn inline(&mut self, text: &str, parent: usize) -> Parsed<Value> {
-        let value = match text.as_bytes()[0] {
+        let value = match text.as_bytes().first().ok_or(Unsupported)? {
             b'|' | b'>' => return self.literal(text, parent),
             b'[' | b'{' | b'"' | b'\'' => {
                 let mut at = 0;
@@ -270,7 +259,7 @@ fn end_of_line(rest: &str) -> Parsed<()> {
 /// mapping key.
 fn split_key(text: &str) -> Parsed<Option<(String, &str)>> {
     let bytes = text.as_bytes();
-    let (key, after) = match bytes[0] {
+    let (key, after) = match bytes.first().ok_or(Unsupported)? {
         b'"' | b'\'' => {
             let mut at = 0;
             let key = quoted(text, &mut at)?;
@@ -304,7 +293,7 @@ fn split_key(text: &str) -> Parsed<Option<(String, &str)>> {
 /// The first `:` followed by a space or the end of the line.
 fn find_value_colon(bytes: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = bytes[from..].iter().position(|&b| b == b':') {
+    while let Some(i) = bytes.get(from..)?.iter().position(|&b| b == b':') {
         let at = from + i;
         match bytes.get(at + 1) {
             None | Some(b' ') => return Some(at),
@@ -439,15 +428,18 @@ fn flow_plain<'t>(text: &'t str, at: &mut usize) -> Parsed<&'t str> {
             {
                 break;
             }
-            b'#' if end > 0 && bytes[end - 1] == b' ' => return Err(Unsupported),
+            b'#' if end > 0 && bytes.get(end - 1) == Some(&b' ') => return Err(Unsupported),
             b'\t' => return Err(Unsupported),
             _ => end += 1,
         }
     }
-    let token = text[start..end].trim_end_matches(' ');
+    let token = text
+        .get(start..end)
+        .ok_or(Unsupported)?
+        .trim_end_matches(' ');
     if token.is_empty()
         || matches!(
-            token.as_bytes()[0],
+            token.as_bytes().first().copied().unwrap_or_default(),
             b'!' | b'&' | b'*' | b'%' | b'@' | b'`' | b'?' | b':' | b'#' | b'|' | b'>'
         )
         || token == "-"
@@ -469,7 +461,7 @@ fn skip_spaces(bytes: &[u8], at: &mut usize) {
 /// closing one.
 fn quoted(text: &str, at: &mut usize) -> Parsed<String> {
     let bytes = text.as_bytes();
-    let quote = bytes[*at];
+    let quote = *bytes.get(*at).ok_or(Unsupported)?;
     let mut out = String::new();
     let mut run = *at + 1;
     let mut i = run;

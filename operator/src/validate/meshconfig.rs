@@ -17,17 +17,16 @@ use crate::bundle::Bundle;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::OnceLock;
 
 /// One release's MeshConfig schema.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct MeshSchema {
     root: String,
     messages: HashMap<String, Message>,
     enums: HashMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct Message {
     /// JSON name → type (see the file header of `meshconfig.yaml`).
     fields: BTreeMap<String, String>,
@@ -42,32 +41,30 @@ pub struct MeshError {
     pub message: String,
 }
 
-/// The schema of a bundle, parsed once per process.
-pub fn schema(bundle: &Bundle) -> &'static MeshSchema {
-    static SCHEMAS: OnceLock<HashMap<String, MeshSchema>> = OnceLock::new();
-    let all = SCHEMAS.get_or_init(|| {
-        crate::bundle::bundles()
-            .iter()
-            .map(|b| {
-                let v = b.yaml("meshconfig.yaml").unwrap_or_else(|| {
-                    panic!(
-                        "charts/{}/meshconfig.yaml is missing (e2e/meshconfig-schema.py)",
-                        b.minor
-                    )
-                });
-                let s: MeshSchema = serde_json::from_value(v)
-                    .unwrap_or_else(|e| panic!("charts/{}/meshconfig.yaml: {e}", b.minor));
-                (b.minor.clone(), s)
-            })
-            .collect()
-    });
-    &all[&bundle.minor]
+/// The schema of a bundle (parsed when the bundle loads).
+pub fn schema(bundle: &Bundle) -> &MeshSchema {
+    bundle.mesh_schema()
 }
 
 impl MeshSchema {
+    /// The schema in a bundle's `meshconfig.yaml`, parsed; `Err` says what is wrong with it.
+    pub fn parse(v: Value) -> Result<MeshSchema, String> {
+        let s: MeshSchema = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        if !s.messages.contains_key(&s.root) {
+            return Err(format!(
+                "root message {:?} is not among its messages",
+                s.root
+            ));
+        }
+        Ok(s)
+    }
+
     /// The fields of MeshConfig itself: JSON name and type.
     pub fn top_level_fields(&self) -> impl Iterator<Item = (&String, &String)> {
-        self.messages[&self.root].fields.iter()
+        self.messages
+            .get(&self.root)
+            .into_iter()
+            .flat_map(|m| m.fields.iter())
     }
 
     pub fn is_enum(&self, ty: &str) -> bool {
@@ -80,7 +77,15 @@ impl MeshSchema {
     }
 
     fn message(&self, name: &str, v: &Value, path: &str) -> Result<(), MeshError> {
-        let m = &self.messages[name];
+        // A type the schema names but does not describe is a defect of meshconfig.yaml; the
+        // field is refused rather than let through unchecked.
+        let Some(m) = self.messages.get(name) else {
+            return Err(wrong(
+                path,
+                &format!("a type this release describes ({name})"),
+                v,
+            ));
+        };
         let Value::Object(obj) = v else {
             return Err(wrong(path, &format!("a map ({})", short(name)), v));
         };

@@ -2,19 +2,9 @@
 //! values, the components to install). Pure; every error names the field, what was expected and
 //! what was found.
 
-// Not yet converted to the no-panic lint (see lib.rs).
-#![cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use crate::api::{GatewayComponentSpec, IstioInstallSpec, KubernetesOverrides, Waypoint};
 use crate::bundle::{self, Bundle, Release};
+use crate::json::at;
 use crate::values::{self, ValuesError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -151,7 +141,8 @@ pub struct ValidatedComponent {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedInstall {
     pub release: Release,
-    pub bundle_minor: String,
+    /// The bundle of `release`'s minor.
+    bundle: &'static Bundle,
     pub profile: String,
     /// Control-plane namespace.
     pub namespace: String,
@@ -174,7 +165,7 @@ impl ValidatedInstall {
         // With multus, istio-cni's NetworkAttachmentDefinition lives in `default`, as the
         // chart has it.
         if self.components.iter().any(|c| c.kind == ComponentKind::Cni)
-            && self.values["cni"]["provider"] == "multus"
+            && at(&self.values, &["cni", "provider"]) == "multus"
         {
             out.push("default".to_string());
         }
@@ -192,10 +183,7 @@ impl ValidatedInstall {
     }
 
     pub fn bundle(&self) -> &'static Bundle {
-        bundle::bundles()
-            .iter()
-            .find(|b| b.minor == self.bundle_minor)
-            .expect("validated against a bundle")
+        self.bundle
     }
 }
 
@@ -378,7 +366,13 @@ pub fn validate_with(
             .yaml(&format!("profiles/{profile}.yaml"))
             .unwrap_or_default(),
     )
-    .unwrap_or_else(|e| panic!("charts/{minor}/profiles/{profile}.yaml: {e}"));
+    .map_err(|e| ValidationError::Invalid {
+        field: "profile".into(),
+        message: format!(
+            "charts/{} does not read as a profile ({e}): a defect of this build, please report it",
+            bundle.source(&format!("profiles/{profile}.yaml"))
+        ),
+    })?;
 
     let namespace = spec
         .namespace
@@ -538,7 +532,7 @@ pub fn validate_with(
     }
     Ok(ValidatedInstall {
         release,
-        bundle_minor: bundle.minor.clone(),
+        bundle,
         profile,
         namespace,
         revision,
@@ -630,7 +624,7 @@ fn select_components(
         // The CRD makes these lists maps keyed by name; the CLI reads files the API server
         // never saw, so the same rule is checked here.
         for (i, g) in from_user.iter().enumerate() {
-            if let Some(first) = from_user[..i].iter().position(|p| p.name == g.name) {
+            if let Some(first) = from_user.iter().take(i).position(|p| p.name == g.name) {
                 return Err(ValidationError::Invalid {
                     field: format!("components.{}[{i}].name", kind.field()),
                     message: format!(
@@ -692,8 +686,9 @@ fn select_components(
         })
         .collect();
     for (i, g) in gateways.iter().enumerate() {
-        if let Some(other) = gateways[..i]
+        if let Some(other) = gateways
             .iter()
+            .take(i)
             .find(|o| o.name == g.name && o.namespace == g.namespace)
         {
             return Err(ValidationError::Invalid {

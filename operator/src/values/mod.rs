@@ -1,17 +1,6 @@
 //! The values model: layered Helm values in IstioOperator shape, merged in chart order, with
 //! unknown keys refused by name (and a suggestion) instead of being silently ignored.
 
-// Not yet converted to the no-panic lint (see lib.rs).
-#![cfg_attr(
-    not(test),
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::indexing_slicing,
-        clippy::panic
-    )
-)]
-
 use serde_json::{Map, Value};
 
 /// Deep-merges `overlay` into `base`: maps merge key by key, anything else (lists included)
@@ -209,7 +198,9 @@ pub fn set_path(root: &mut Value, path: &str, value: Value) -> Result<(), String
                 if !cur.is_object() {
                     *cur = Value::Object(Map::new());
                 }
-                let map = cur.as_object_mut().expect("made an object");
+                let Value::Object(map) = cur else {
+                    return Err(format!("{path}: {k} is not in a map"));
+                };
                 if last {
                     map.insert(k.clone(), value);
                     return Ok(());
@@ -220,20 +211,18 @@ pub fn set_path(root: &mut Value, path: &str, value: Value) -> Result<(), String
                 let list = cur
                     .as_array_mut()
                     .ok_or_else(|| format!("{path}: [{n}] indexes something that is not a list"))?;
-                if *n > list.len() {
-                    return Err(format!(
-                        "{path}: index {n} is past the end of a list of {}",
-                        list.len()
-                    ));
-                }
-                if *n == list.len() {
+                let len = list.len();
+                if *n == len {
                     list.push(Value::Null);
                 }
+                let slot = list.get_mut(*n).ok_or_else(|| {
+                    format!("{path}: index {n} is past the end of a list of {len}")
+                })?;
                 if last {
-                    list[*n] = value;
+                    *slot = value;
                     return Ok(());
                 }
-                cur = &mut list[*n];
+                cur = slot;
             }
         }
     }
