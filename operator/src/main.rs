@@ -135,30 +135,20 @@ const SPEC_FIELDS: &[&str] = &[
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Every command reads the bundles; a broken one is a defect of the build (or of
-    // ISTIO_INSTALL_CHARTS_DIR) and stops here, before anything is rendered or applied.
-    if let [first, ..] = bundle::load_errors() {
-        eprintln!(
-            "error: the chart bundles do not load ({} problem(s)); first: {first}",
-            bundle::load_errors().len()
-        );
-        for e in bundle::load_errors() {
-            eprintln!("  {e}");
-        }
-        return ExitCode::from(2);
-    }
     let result = match cli.command {
         Command::Run(args) => run_operator(args),
         Command::Render(args) => run_render(args),
         Command::Convert(args) => run_convert(args),
-        Command::Crd(args) => {
-            let crd = if args.helm {
-                crd_helm_template()
-            } else {
-                crd_yaml()
-            };
-            crd.map(|crd| print!("{crd}"))
-        }
+        // The CRD's schema is made from every bundle: none may be broken.
+        Command::Crd(args) => bundles_load()
+            .and_then(|()| {
+                if args.helm {
+                    crd_helm_template()
+                } else {
+                    crd_yaml()
+                }
+            })
+            .map(|crd| print!("{crd}")),
         Command::Rbac(args) => {
             if args.helm {
                 print!("{}", istio_install_operator::rbac::helm_template());
@@ -183,8 +173,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every bundle loads and parses whole; otherwise the files that do not, by name.
+fn bundles_load() -> Result<(), String> {
+    let broken = bundle::load_errors();
+    if broken.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the chart bundles do not load ({} problem(s)): {}",
+        broken.len(),
+        broken.join("; ")
+    ))
+}
+
 fn run_operator(args: RunArgs) -> Result<(), String> {
     telemetry::init_logging(args.log_json);
+    // A file of the bundles that does not parse is a defect of the build (or of
+    // ISTIO_INSTALL_CHARTS_DIR): refused here, before anything is watched or applied, rather
+    // than as one failed install after another.
+    bundles_load()?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async move {

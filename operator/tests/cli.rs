@@ -209,3 +209,68 @@ fn specs_istiod_or_the_api_server_would_refuse_are_refused_naming_the_field() {
         "{err}"
     );
 }
+
+/// A copy of `charts/` in a fresh temporary folder, for `ISTIO_INSTALL_CHARTS_DIR`.
+fn charts_copy(name: &str) -> std::path::PathBuf {
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let to = std::env::temp_dir().join(format!("cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&to);
+    copy(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts"),
+        &to,
+    );
+    to
+}
+
+/// A bundle file that does not parse (here through `ISTIO_INSTALL_CHARTS_DIR`; in a binary, a
+/// defect of the build) is an error naming the file, never a panic: `render` of that minor
+/// fails, other minors render, and `run` and `crd` refuse to start.
+#[test]
+fn a_broken_bundle_file_is_named_and_run_refuses_to_start() {
+    let charts = charts_copy("broken");
+    std::fs::write(charts.join("1.24/meshconfig.yaml"), "root: [\n").unwrap();
+    let with_charts = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_istio-install-operator"))
+            .args(args)
+            .env("ISTIO_INSTALL_CHARTS_DIR", &charts)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap()
+    };
+    let named = |out: &Output| {
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("charts/1.24/meshconfig.yaml: "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    // The schema is read when there is a meshConfig to check.
+    let err = named(&with_charts(&[
+        "render",
+        "--version",
+        "1.24",
+        "--set",
+        "meshConfig.accessLogFile=/dev/stdout",
+    ]));
+    assert!(err.contains("defect of this build"), "{err}");
+    let other = with_charts(&["render", "--version", "1.23", "--profile", "default"]);
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    let err = named(&with_charts(&["run"]));
+    assert!(err.contains("the chart bundles do not load"), "{err}");
+    named(&with_charts(&["crd"]));
+    std::fs::remove_dir_all(&charts).unwrap();
+}

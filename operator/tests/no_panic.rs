@@ -114,7 +114,7 @@ fn known_paths() -> Vec<String> {
     }
     let (_, bundle) = bundle::resolve("1.24.6").expect("bundled");
     let mut out = Vec::new();
-    walk(&bundle.default_values(), "", &mut out);
+    walk(&bundle.default_values().unwrap(), "", &mut out);
     out
 }
 

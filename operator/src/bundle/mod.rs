@@ -86,12 +86,12 @@ pub struct Bundle {
     files: BTreeMap<String, String>,
     /// The paths of `files` that come from `charts/common/`, for messages naming a file.
     common: std::collections::BTreeSet<String>,
-    /// Every YAML file outside `templates/`, parsed when the bundle is loaded.
-    yaml: BTreeMap<String, Value>,
-    /// Every values layer (`values/<name>.yaml` and `values/<name>/*.yaml`), merged at load.
-    layers: BTreeMap<String, Value>,
-    /// The MeshConfig schema of this minor (`meshconfig.yaml`).
-    mesh_schema: MeshSchema,
+    /// Parsed YAML files and merged values layers, memoised: they never change within a
+    /// process. Parsed when first asked for (a process that renders one minor reads only the
+    /// files it needs); a file that does not parse is an `Err` naming it, never a panic.
+    parsed: std::sync::Mutex<BTreeMap<String, Result<Option<Value>, String>>>,
+    /// The MeshConfig schema of this minor (`meshconfig.yaml`), parsed when first asked for.
+    mesh_schema: OnceLock<Result<MeshSchema, String>>,
 }
 
 /// An exact release resolved from `spec.version`.
@@ -164,10 +164,31 @@ impl Bundle {
         }
     }
 
-    /// A YAML file of this bundle (outside `templates/`) parsed to JSON values; `None` when
-    /// absent.
-    pub fn yaml(&self, path: &str) -> Option<Value> {
-        self.yaml.get(path).cloned()
+    /// A YAML file of this bundle parsed to JSON values; `None` when absent, `Err` (naming
+    /// the file) when it does not parse.
+    pub fn yaml(&self, path: &str) -> Result<Option<Value>, String> {
+        self.memo(&format!("file:{path}"), || {
+            self.file(path)
+                .map(|text| {
+                    parse_yaml(text).map_err(|e| format!("charts/{}: {e}", self.source(path)))
+                })
+                .transpose()
+        })
+    }
+
+    fn memo(
+        &self,
+        key: &str,
+        compute: impl FnOnce() -> Result<Option<Value>, String>,
+    ) -> Result<Option<Value>, String> {
+        // A poisoned lock only means a thread panicked while holding it; the map is whole.
+        let lock = || self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = lock().get(key) {
+            return v.clone();
+        }
+        let v = compute();
+        lock().insert(key.to_string(), v.clone());
+        v
     }
 
     /// Every file under `dir` (relative to the minor), as (path relative to the minor, text).
@@ -182,61 +203,84 @@ impl Bundle {
 
     /// A values layer: `values/<name>.yaml` and every `values/<name>/*.yaml`, deep-merged
     /// (each component keeps its part of a layer in its own file). `None` when absent.
-    pub fn layer(&self, name: &str) -> Option<Value> {
-        self.layers.get(name).cloned()
+    pub fn layer(&self, name: &str) -> Result<Option<Value>, String> {
+        self.memo(&format!("layer:{name}"), || self.merge_layer(name))
+    }
+
+    fn merge_layer(&self, name: &str) -> Result<Option<Value>, String> {
+        let single = format!("values/{name}.yaml");
+        let mut parts: Vec<&str> = self
+            .file(&single)
+            .map(|_| single.as_str())
+            .into_iter()
+            .collect();
+        parts.extend(
+            self.files_under(&format!("values/{name}"))
+                .into_iter()
+                .map(|(p, _)| p),
+        );
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        let mut merged = Value::Object(Default::default());
+        for path in parts {
+            let layer = self.yaml(path)?.unwrap_or(Value::Null);
+            if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
+                return Err(format!(
+                    "charts/{}: {conflict} is also set by another file of layer {name}",
+                    self.source(path)
+                ));
+            }
+        }
+        Ok(Some(merged))
     }
 
     /// The MeshConfig fields and types of this minor's istiod.
-    pub fn mesh_schema(&self) -> &MeshSchema {
-        &self.mesh_schema
+    pub fn mesh_schema(&self) -> Result<&MeshSchema, String> {
+        self.mesh_schema
+            .get_or_init(|| {
+                let v = self.yaml("meshconfig.yaml")?.ok_or_else(|| {
+                    format!(
+                        "charts/{}/meshconfig.yaml is missing; write it with \
+                         e2e/meshconfig-schema.py",
+                        self.minor
+                    )
+                })?;
+                MeshSchema::parse(v)
+                    .map_err(|e| format!("charts/{}: {e}", self.source("meshconfig.yaml")))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
-    /// Parses every YAML file outside `templates/` and merges the values layers: a broken
-    /// file is found when the bundles load, never in the middle of a reconcile.
-    fn parse(&mut self) -> Result<(), String> {
-        for (path, text) in &self.files {
-            if path.ends_with(".yaml") && !path.starts_with("templates/") {
-                let v =
-                    parse_yaml(text).map_err(|e| format!("charts/{}: {e}", self.source(path)))?;
-                self.yaml.insert(path.clone(), v);
-            }
-        }
-        // `values/<name>.yaml` and `values/<name>/<part>.yaml` are parts of layer <name>.
-        let mut parts: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        for path in self.yaml.keys() {
-            let Some(rest) = path.strip_prefix("values/") else {
+    /// Reads everything this bundle holds besides its templates (every YAML file, every values
+    /// layer, the MeshConfig schema) and says what does not parse, one message per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut layers = std::collections::BTreeSet::new();
+        for path in self.files.keys() {
+            if !path.ends_with(".yaml") || path.starts_with("templates/") {
                 continue;
-            };
-            let name = match rest.split_once('/') {
-                Some((dir, _)) => dir,
-                None => rest.trim_end_matches(".yaml"),
-            };
-            parts.entry(name.to_string()).or_default().push(path);
-        }
-        let mut layers = BTreeMap::new();
-        for (name, paths) in parts {
-            let mut merged = Value::Object(Default::default());
-            for path in paths {
-                let layer = self.yaml.get(path).cloned().unwrap_or(Value::Null);
-                if let Some(conflict) = crate::values::merge_disjoint(&mut merged, layer) {
-                    return Err(format!(
-                        "charts/{}: {conflict} is also set by another file of layer {name}",
-                        self.source(path)
-                    ));
-                }
             }
-            layers.insert(name, merged);
+            if let Err(e) = self.yaml(path) {
+                out.push(e);
+            } else if let Some(rest) = path.strip_prefix("values/") {
+                // `values/<name>.yaml` and `values/<name>/<part>.yaml` are parts of layer <name>.
+                layers.insert(match rest.split_once('/') {
+                    Some((dir, _)) => dir,
+                    None => rest.trim_end_matches(".yaml"),
+                });
+            }
         }
-        self.layers = layers;
-        let mesh = self.yaml.get("meshconfig.yaml").cloned().ok_or_else(|| {
-            format!(
-                "charts/{}/meshconfig.yaml is missing; write it with e2e/meshconfig-schema.py",
-                self.minor
-            )
-        })?;
-        self.mesh_schema = MeshSchema::parse(mesh)
-            .map_err(|e| format!("charts/{}: {e}", self.source("meshconfig.yaml")))?;
-        Ok(())
+        for name in layers {
+            if let Err(e) = self.layer(name) {
+                out.push(e);
+            }
+        }
+        if let Err(e) = self.mesh_schema() {
+            out.push(e);
+        }
+        out
     }
 
     /// Profiles of this minor, as `bundle.yaml` lists them (each has `profiles/<name>.yaml`).
@@ -245,10 +289,11 @@ impl Bundle {
     }
 
     /// The chart defaults: every `values/defaults/*.yaml` deep-merged. Two files setting the same
-    /// leaf to different values is a bundle bug: the bundle does not load (see [`load_errors`]).
-    pub fn default_values(&self) -> Value {
-        self.layer("defaults")
-            .unwrap_or_else(|| Value::Object(Default::default()))
+    /// leaf to different values is a bundle bug, an `Err` naming the file (see [`load_errors`]).
+    pub fn default_values(&self) -> Result<Value, String> {
+        Ok(self
+            .layer("defaults")?
+            .unwrap_or_else(|| Value::Object(Default::default())))
     }
 }
 
@@ -322,11 +367,14 @@ pub fn bundles() -> &'static [Bundle] {
     &loaded().0
 }
 
-/// Why a bundle (or the charts folder) did not load, one message per problem, naming the
-/// file. Empty for a sound binary (a unit test loads every bundle); the operator refuses to
-/// start otherwise, rather than fail installs one by one.
-pub fn load_errors() -> &'static [String] {
-    &loaded().1
+/// What does not load or parse in the bundles (or the charts folder), one message per
+/// problem, naming the file. Empty for a sound binary (a unit test checks it); `run` refuses
+/// to start otherwise, rather than fail installs one by one. It reads every bundle whole
+/// (≈10 ms), so the one-shot CLI commands skip it: they meet a broken file as an error.
+pub fn load_errors() -> Vec<String> {
+    let mut out = loaded().1.clone();
+    out.extend(bundles().iter().flat_map(Bundle::problems));
+    out
 }
 
 fn loaded() -> &'static (Vec<Bundle>, Vec<String>) {
@@ -371,8 +419,8 @@ fn loaded() -> &'static (Vec<Bundle>, Vec<String>) {
 }
 
 /// Bundles from the folders of `charts/` (name → path relative to the folder → text): each
-/// folder with a `bundle.yaml` over `common/`. A folder that does not parse is left out and
-/// its error returned.
+/// folder with a `bundle.yaml` over `common/`. A folder whose `bundle.yaml` does not parse is
+/// left out and its error returned; its other files are parsed when asked for.
 fn load(folders: Vec<(String, BTreeMap<String, String>)>) -> (Vec<Bundle>, Vec<String>) {
     let common: BTreeMap<String, String> = folders
         .iter()
@@ -404,19 +452,14 @@ fn load(folders: Vec<(String, BTreeMap<String, String>)>) -> (Vec<Bundle>, Vec<S
         files.retain(|path, text| {
             !(is_blank(text) && (path.ends_with(".yaml") || path.ends_with(".jinja")))
         });
-        let mut bundle = Bundle {
+        all.push(Bundle {
             minor,
             manifest,
             files,
             common: shared,
-            yaml: BTreeMap::new(),
-            layers: BTreeMap::new(),
-            mesh_schema: MeshSchema::default(),
-        };
-        match bundle.parse() {
-            Ok(()) => all.push(bundle),
-            Err(e) => errors.push(e),
-        }
+            parsed: Default::default(),
+            mesh_schema: OnceLock::new(),
+        });
     }
     all.sort_by_key(|b| Release::parse(&format!("{}.0", b.minor)));
     (all, errors)
@@ -528,14 +571,14 @@ mod tests {
 
     #[test]
     fn every_bundle_loads_its_defaults_and_profiles() {
-        assert_eq!(load_errors(), &[] as &[String]);
+        assert_eq!(load_errors(), Vec::<String>::new());
         assert!(!bundles().is_empty());
         for b in bundles() {
-            assert!(b.default_values().is_object(), "{}", b.minor);
+            assert!(b.default_values().unwrap().is_object(), "{}", b.minor);
             // Every chart profile a bundle accepts has its layer (validate relies on it).
             for p in &b.manifest.chart_profiles {
                 assert!(
-                    b.layer(&format!("profile-{p}")).is_some(),
+                    b.layer(&format!("profile-{p}")).unwrap().is_some(),
                     "{} profile-{p}",
                     b.minor
                 );
@@ -553,7 +596,7 @@ mod tests {
     }
 
     #[test]
-    fn a_broken_file_leaves_its_bundle_out_and_names_the_file() {
+    fn a_broken_file_is_an_error_naming_it_never_a_panic() {
         let folder = |files: &[(&str, &str)]| {
             files
                 .iter()
@@ -589,29 +632,30 @@ mod tests {
             ),
             ("9.4".into(), folder(&[("bundle.yaml", "releases: 1.0\n")])),
         ]);
+        // A bundle.yaml that does not parse leaves its folder out.
         let minors: Vec<&str> = ok.iter().map(|b| b.minor.as_str()).collect();
-        assert_eq!(minors, ["9.1"]);
-        assert_eq!(ok[0].default_values(), serde_json::json!({"a": 1}));
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(minors, ["9.1", "9.2", "9.3"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("charts/9.2/profiles/default.yaml: ")),
+            errors[0].starts_with("charts/9.4/bundle.yaml: "),
             "{errors:?}"
         );
+        // Other files are errors naming the file when read, and in the bundle's problems.
+        let [sound, bad_profile, bad_layer] = ok.as_slice() else {
+            panic!("three bundles")
+        };
+        assert_eq!(sound.default_values(), Ok(serde_json::json!({"a": 1})));
+        assert_eq!(sound.problems(), Vec::<String>::new());
+        let e = bad_profile.yaml("profiles/default.yaml").unwrap_err();
+        assert!(e.starts_with("charts/9.2/profiles/default.yaml: "), "{e}");
+        assert_eq!(bad_profile.problems(), [e]);
+        let e = bad_layer.default_values().unwrap_err();
         assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("charts/9.3/values/defaults/b.yaml: ")
-                    && e.contains("layer defaults")),
-            "{errors:?}"
+            e.starts_with("charts/9.3/values/defaults/b.yaml: a is also set")
+                && e.ends_with("layer defaults"),
+            "{e}"
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("charts/9.4/bundle.yaml: ")),
-            "{errors:?}"
-        );
+        assert_eq!(bad_layer.problems(), [e]);
     }
 
     #[test]

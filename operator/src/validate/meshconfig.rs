@@ -41,8 +41,8 @@ pub struct MeshError {
     pub message: String,
 }
 
-/// The schema of a bundle (parsed when the bundle loads).
-pub fn schema(bundle: &Bundle) -> &MeshSchema {
+/// The schema of a bundle; `Err` names the file when it does not parse.
+pub fn schema(bundle: &Bundle) -> Result<&MeshSchema, String> {
     bundle.mesh_schema()
 }
 
@@ -330,7 +330,7 @@ mod tests {
             .iter()
             .find(|b| b.minor == minor)
             .unwrap();
-        schema(b).check(&v)
+        schema(b).unwrap().check(&v)
     }
 
     #[test]
@@ -414,14 +414,17 @@ mod tests {
     #[test]
     fn bundled_mesh_configs_fit_their_schema() {
         for b in crate::bundle::bundles() {
-            let s = schema(b);
-            let defaults = b.default_values();
+            let s = schema(b).unwrap();
+            let defaults = b.default_values().unwrap();
             if let Some(m) = defaults.get("meshConfig") {
                 s.check(m)
                     .unwrap_or_else(|e| panic!("{} defaults: {e:?}", b.minor));
             }
             for p in b.profiles() {
-                let f = b.yaml(&format!("profiles/{p}.yaml")).unwrap_or_default();
+                let f = b
+                    .yaml(&format!("profiles/{p}.yaml"))
+                    .unwrap()
+                    .unwrap_or_default();
                 for m in [f.get("meshConfig"), f.pointer("/values/meshConfig")]
                     .into_iter()
                     .flatten()

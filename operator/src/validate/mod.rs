@@ -212,6 +212,11 @@ pub enum ValidationError {
     },
     #[error("spec.{field}: {message}")]
     Invalid { field: String, message: String },
+    /// A file of the embedded bundle does not parse: a defect of the build, not of the spec.
+    #[error(
+        "{0}; this is a defect of this build of the operator (or of ISTIO_INSTALL_CHARTS_DIR, when set), not of the spec"
+    )]
+    Bundle(String),
 }
 
 /// The shape of `profiles/<name>.yaml`.
@@ -361,17 +366,15 @@ pub fn validate_with(
             expected: profiles.join(", "),
         });
     }
+    let profile_path = format!("profiles/{profile}.yaml");
     let profile_file: ProfileFile = serde_json::from_value(
         bundle
-            .yaml(&format!("profiles/{profile}.yaml"))
+            .yaml(&profile_path)
+            .map_err(ValidationError::Bundle)?
             .unwrap_or_default(),
     )
-    .map_err(|e| ValidationError::Invalid {
-        field: "profile".into(),
-        message: format!(
-            "charts/{} does not read as a profile ({e}): a defect of this build, please report it",
-            bundle.source(&format!("profiles/{profile}.yaml"))
-        ),
+    .map_err(|e| {
+        ValidationError::Bundle(format!("charts/{}: {e}", bundle.source(&profile_path)))
     })?;
 
     let namespace = spec
@@ -381,7 +384,7 @@ pub fn validate_with(
     policy.check_dns_label("namespace", &namespace)?;
 
     // User layer: the profile's values, then spec.values, then the spec-level shortcuts.
-    let defaults = bundle.default_values();
+    let defaults = bundle.default_values().map_err(ValidationError::Bundle)?;
     let mut user = profile_file.values;
     if user.is_null() {
         user = json!({});
@@ -483,7 +486,10 @@ pub fn validate_with(
                 expected: choices.join(", "),
             });
         }
-        if let Some(layer) = bundle.layer(&format!("{prefix}-{choice}")) {
+        if let Some(layer) = bundle
+            .layer(&format!("{prefix}-{choice}"))
+            .map_err(ValidationError::Bundle)?
+        {
             values::merge(&mut merged, layer);
         }
     }
@@ -567,6 +573,7 @@ fn check_values_resources(v: &Value, path: &str) -> Result<(), ValidationError> 
 /// `meshConfig` against the MeshConfig fields and types of the bundled release.
 fn check_mesh_config(bundle: &Bundle, m: &Value, field: &str) -> Result<(), ValidationError> {
     meshconfig::schema(bundle)
+        .map_err(ValidationError::Bundle)?
         .check(m)
         .map_err(|e| ValidationError::Invalid {
             field: if e.path.is_empty() {
