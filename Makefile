@@ -14,7 +14,7 @@ OPERATOR := $(CARGO_TARGET_DIR)/release/istio-install-operator
 # `make image` writes the operator's image here (an OCI image layout; the e2e tests read it).
 IMAGE_LAYOUT ?= $(CARGO_TARGET_DIR)/image/istio-install-operator
 
-.PHONY: all build image generate test unit parity render-baseline render-baseline-update upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod
+.PHONY: all build image generate test unit parity render-baseline render-baseline-update upstream-reference reference-drift helm e2e e2e-binaries e2e-up e2e-down e2e-test crds check-crds demo lint bench tools istiod ztunnel
 
 all: build
 
@@ -80,6 +80,11 @@ e2e-binaries:
 # repositories) in ISTIO_SRC, ISTIO_API_SRC and ISTIO_CLIENT_GO_SRC; see e2e/README.md.
 istiod:
 	e2e/build-istiod.sh
+
+# ztunnel from upstream source (ZTUNNEL_SRC: a git clone of istio/ztunnel) for the ambient
+# scenarios of the real-istiod tests; ZTUNNEL_TAGS picks the tags (default: as `make istiod`).
+ztunnel:
+	e2e/build-ztunnel.sh $(ZTUNNEL_TAGS)
 
 e2e-up: e2e-binaries
 	e2e/cluster.sh up

@@ -228,78 +228,93 @@ impl Istiod {
                 env.push((e.name.clone(), v));
             }
         }
-        let ports = Ports {
-            http: free_port()?,
-            grpc: free_port()?,
-            secure_grpc: free_port()?,
-            https: free_port()?,
-            monitoring: free_port()?,
-            ctrlz: free_port()?,
-        };
-        let mut args: Vec<String> = c.args.clone().unwrap_or_default();
-        // Later flags win: every listener on loopback, whatever the Deployment says.
-        args.extend([
-            format!("--httpAddr=127.0.0.1:{}", ports.http),
-            format!("--grpcAddr=127.0.0.1:{}", ports.grpc),
-            format!("--secureGRPCAddr=127.0.0.1:{}", ports.secure_grpc),
-            format!("--httpsAddr=127.0.0.1:{}", ports.https),
-            format!("--monitoringAddr=127.0.0.1:{}", ports.monitoring),
-            // ControlZ's fixed default port (9876) would clash between two istiods.
-            "--ctrlz_address=127.0.0.1".to_string(),
-            format!("--ctrlz_port={}", ports.ctrlz),
-            format!("--kubeconfig={}", sa.kubeconfig.display()),
-        ]);
-        let log = dir.join("istiod.log");
-        let out = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(&bin)
-            .args(&args)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", &dir)
-            .envs(env)
-            .current_dir(&dir)
-            .stdout(std::process::Stdio::from(out.try_clone()?))
-            .stderr(std::process::Stdio::from(out))
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut istiod = Istiod {
-            child,
-            tag: release,
-            revision,
-            namespace,
-            pod_labels,
-            webhook_container_port,
-            ports,
-            dir,
-            log,
-        };
-        let started = tokio::time::Instant::now();
-        // Polled by hand (not `eventually`): each round also checks that the process lives.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(Some(status)) = istiod.child.try_wait() {
-                bail!(
-                    "istiod exited with {status}\n--- istiod log (last 40 lines):\n{}",
-                    istiod.log_tail(40)
-                );
-            }
-            if http_get(istiod.ports.http, "/ready")
-                .await
-                .is_ok_and(|(c, _)| c == 200)
-            {
-                eprintln!("istiod {} ready after {:?}", istiod.tag, started.elapsed());
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "istiod not ready after 90 s\n--- istiod log (last 40 lines):\n{}",
-                    istiod.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        // Its serving certificate also names localhost: a local ztunnel reaches it there (the
+        // ztunnel of 1.23 checks the address's own host name; 1.24+ take ALT_XDS_HOSTNAME).
+        if !env.iter().any(|(k, _)| k == "ISTIOD_CUSTOM_HOST") {
+            env.push(("ISTIOD_CUSTOM_HOST".into(), "localhost".into()));
         }
-        Ok(istiod)
+        // A free port can be taken between the probe and istiod's bind (an outgoing loopback
+        // connection's ephemeral port): then istiod exits at once, and is started again on
+        // other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let ports = Ports {
+                http: free_port()?,
+                grpc: free_port()?,
+                secure_grpc: free_port()?,
+                https: free_port()?,
+                monitoring: free_port()?,
+                ctrlz: free_port()?,
+            };
+            let mut args: Vec<String> = c.args.clone().unwrap_or_default();
+            // Later flags win: every listener on loopback, whatever the Deployment says.
+            args.extend([
+                format!("--httpAddr=127.0.0.1:{}", ports.http),
+                format!("--grpcAddr=127.0.0.1:{}", ports.grpc),
+                format!("--secureGRPCAddr=127.0.0.1:{}", ports.secure_grpc),
+                format!("--httpsAddr=127.0.0.1:{}", ports.https),
+                format!("--monitoringAddr=127.0.0.1:{}", ports.monitoring),
+                // ControlZ's fixed default port (9876) would clash between two istiods.
+                "--ctrlz_address=127.0.0.1".to_string(),
+                format!("--ctrlz_port={}", ports.ctrlz),
+                format!("--kubeconfig={}", sa.kubeconfig.display()),
+            ]);
+            let log = dir.join("istiod.log");
+            let out = std::fs::File::create(&log)?;
+            let child = tokio::process::Command::new(&bin)
+                .args(&args)
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("HOME", &dir)
+                .envs(env.clone())
+                .current_dir(&dir)
+                .stdout(std::process::Stdio::from(out.try_clone()?))
+                .stderr(std::process::Stdio::from(out))
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            let mut istiod = Istiod {
+                child,
+                tag: release.clone(),
+                revision: revision.clone(),
+                namespace: namespace.clone(),
+                pod_labels: pod_labels.clone(),
+                webhook_container_port,
+                ports,
+                dir: dir.clone(),
+                log,
+            };
+            let started = tokio::time::Instant::now();
+            // Polled by hand (not `eventually`): each round also checks that the process lives.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                if let Ok(Some(status)) = istiod.child.try_wait() {
+                    if attempt < 3 && istiod.log_text().contains("address already in use") {
+                        eprintln!("istiod {}: a port was taken meanwhile; again", istiod.tag);
+                        break;
+                    }
+                    bail!(
+                        "istiod exited with {status}\n--- istiod log (last 40 lines):\n{}",
+                        istiod.log_tail(40)
+                    );
+                }
+                if http_get(istiod.ports.http, "/ready")
+                    .await
+                    .is_ok_and(|(c, _)| c == 200)
+                {
+                    eprintln!("istiod {} ready after {:?}", istiod.tag, started.elapsed());
+                    return Ok(istiod);
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!(
+                        "istiod not ready after 90 s\n--- istiod log (last 40 lines):\n{}",
+                        istiod.log_tail(40)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -341,23 +356,7 @@ impl Istiod {
 
     /// Remote addresses of this process's TCP connections that are not loopback (must be none).
     pub fn non_loopback_peers(&self) -> Vec<String> {
-        let Some(pid) = self.pid() else {
-            return vec![];
-        };
-        let out = std::process::Command::new("ss")
-            .args(["-Htnp", "state", "all"])
-            .output();
-        let Ok(out) = out else { return vec![] };
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains(&format!("pid={pid},")))
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|peer| {
-                let host = peer.rsplit_once(':').map(|(h, _)| h).unwrap_or(peer);
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                !(host == "*" || host.starts_with("127.") || host == "::1" || host == "0.0.0.0")
-            })
-            .collect()
+        self.pid().map(non_loopback_peers).unwrap_or_default()
     }
 
     /// Kills the process and removes its working directory (kept when a test fails instead,
@@ -367,6 +366,24 @@ impl Istiod {
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
+}
+
+/// Remote addresses of process `pid`'s TCP connections that are not loopback (must be none).
+pub fn non_loopback_peers(pid: u32) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htnp", "state", "all"])
+        .output();
+    let Ok(out) = out else { return vec![] };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|peer| {
+            let host = peer.rsplit_once(':').map(|(h, _)| h).unwrap_or(peer);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            !(host == "*" || host.starts_with("127.") || host == "::1" || host == "0.0.0.0")
+        })
+        .collect()
 }
 
 /// The namespace an error line of istiod's namespace controller is about (its work-queue key):

@@ -15,6 +15,7 @@
 
 pub mod istiod;
 pub mod operator;
+pub mod ztunnel;
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Debug;

@@ -5,6 +5,8 @@
 //! One test function runs every scenario in turn (installs own cluster-wide components), so that
 //! without the cached binaries it prints exactly one `SKIPPED real istiod: …` line.
 //! `E2E_ISTIOD_ONLY=<substring>` runs only the scenarios whose name contains it.
+//! With `make ztunnel`, each ambient scenario also runs the real ztunnel of its tag against
+//! that istiod (`ztunnel_case`; see `istio_install_e2e::ztunnel`).
 //!
 //! Compared with upstream: the Pods that istiod injects (sidecar, gateway) and the waypoint
 //! Deployment and Service it creates, once fed our ConfigMaps and once upstream's (rendered by
@@ -25,11 +27,12 @@ use istio_install_e2e::istiod::{self, Admission, Config, Istiod, Target, Upstrea
 use istio_install_e2e::operator::{
     INSTALL_TIMEOUT, Operator, apply_install, is_ready_at, remove_all_installs, wait_install,
 };
+use istio_install_e2e::ztunnel::{self, Ztunnel};
 use istio_install_e2e::{TestNamespace, client, eventually, parse_yaml_documents};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
@@ -204,6 +207,9 @@ async fn install_scenario(tag: &str, profile: &str) -> Result<()> {
             check_proxy_image(&out.object, &expected_proxy, "istio-ingressgateway")?;
         }
         validate_cases(&admin, &ours, app_ns.name()).await?;
+        if ambient {
+            ztunnel_case(&admin, &ours, tag).await?;
+        }
         let waypoint = if ambient {
             Some(waypoint_objects(&admin, wp_ns.name()).await?)
         } else {
@@ -584,6 +590,138 @@ async fn create_pod(admin: &Client, ns: &str, pod: &Value) -> Result<()> {
         .await
         .context("creating the injected Pod")?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// ztunnel
+
+/// The real ztunnel (issue #11, item 6), when built for `tag`: started from the DaemonSet the
+/// operator applied (its token audience, root certificate ConfigMap, env and args), it
+/// connects to our istiod, is authorised as the ztunnel, and receives the Pod of an ambient
+/// namespace as a workload on its node, reached over HBONE once istio-cni (played by the test)
+/// has marked it redirected, and gets that workload's certificate from istiod's CA; it dials
+/// nothing off loopback and logs no error.
+async fn ztunnel_case(admin: &Client, istiod: &Istiod, tag: &str) -> Result<()> {
+    if let Err(reason) = ztunnel::availability(tag) {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "\nSKIPPED real ztunnel {tag}: {reason}")?;
+        return Ok(());
+    }
+    let ns = TestNamespace::create(admin, "ambient").await?;
+    label_namespace(admin, ns.name(), &[("istio.io/dataplane-mode", "ambient")]).await?;
+    create_pod(admin, ns.name(), &app_pod("app")).await?;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns.name());
+    // kwok places the Pod on a node and gives it an IP.
+    eventually(Duration::from_secs(60), "the ambient Pod runs", || async {
+        let p = pods.get("app").await?;
+        Ok(p.spec.and_then(|s| s.node_name).is_some() && p.status.and_then(|s| s.pod_ip).is_some())
+    })
+    .await?;
+    let node = pods
+        .get("app")
+        .await?
+        .spec
+        .and_then(|s| s.node_name)
+        .unwrap_or_default();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(admin.clone(), "istio-system");
+    let ds = daemonsets.get("ztunnel").await?;
+    // The process plays the DaemonSet's pod on the app's node (istiod's CA checks that a
+    // ztunnel asks for the certificates of its own node's workloads only).
+    let selector = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let system_pods: Api<Pod> = Api::namespaced(admin.clone(), "istio-system");
+    let on_node = system_pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()))
+        .ok_or_else(|| anyhow!("no ztunnel pod ({selector}) on {node}"))?;
+    let z = Ztunnel::start(admin, &ds, &on_node, istiod).await?;
+    let app = |dump: &Value| {
+        dump["workloads"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["name"] == "app" && w["namespace"] == ns.name())
+            .cloned()
+    };
+    let result = async {
+        eventually(
+            Duration::from_secs(60),
+            "ztunnel receives the ambient Pod",
+            || async { Ok(app(&z.config_dump().await?).is_some()) },
+        )
+        .await?;
+        let found = app(&z.config_dump().await?).unwrap_or_default();
+        ensure!(
+            found["node"] == node.as_str()
+                && found["status"] == "Healthy"
+                && found["trustDomain"] == "cluster.local",
+            "the ambient Pod's workload: {found:#}"
+        );
+        // istio-cni, once it has redirected a Pod's traffic, annotates it; istiod then tells
+        // ztunnel to reach it over HBONE. Played here as istio-cni would.
+        pods.patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"ambient.istio.io/redirection": "enabled"}}}),
+            ),
+        )
+        .await?;
+        eventually(
+            Duration::from_secs(60),
+            "ztunnel reaches the redirected Pod over HBONE",
+            || async { Ok(app(&z.config_dump().await?).is_some_and(|w| w["protocol"] == "HBONE")) },
+        )
+        .await?;
+        // A ztunnel prefetches the certificate of each HBONE workload on its node: istiod's CA
+        // signs it only for the ztunnel pod of that node (read from the bound token).
+        let identity = format!("spiffe://cluster.local/ns/{}/sa/default", ns.name());
+        eventually(
+            Duration::from_secs(60),
+            "ztunnel holds the workload's certificate",
+            || async {
+                Ok(z.config_dump().await?["certificates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["identity"] == identity.as_str() && c["state"] == "Available"))
+            },
+        )
+        .await?;
+        ensure!(
+            z.non_loopback_peers().is_empty(),
+            "ztunnel dialled {:?}",
+            z.non_loopback_peers()
+        );
+        let errors: Vec<String> = z
+            .log_text()
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("error"))
+            .map(str::to_string)
+            .collect();
+        ensure!(
+            errors.is_empty(),
+            "ztunnel logged errors:\n{}",
+            errors.join("\n")
+        );
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        return Err(e.context(format!("ztunnel log tail:\n{}", z.log_tail(30))));
+    }
+    z.stop().await?;
+    ns.delete().await
 }
 
 // ---------------------------------------------------------------------------------------------
