@@ -23,8 +23,8 @@ pub fn at_mut<'a>(v: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, Stri
         let Value::Object(map) = place else {
             let parent = path.get(..i).unwrap_or_default();
             return Err(match parent {
-                [] => format!("expected a map, found {}", kind_of(place)),
-                _ => format!("{} is {}, not a map", parent.join("."), kind_of(place)),
+                [] => format!("expected a map, found {}", type_name(place)),
+                _ => format!("{} is {}, not a map", parent.join("."), type_name(place)),
             });
         };
         place = map.entry(*key).or_insert(Value::Null);
@@ -32,7 +32,8 @@ pub fn at_mut<'a>(v: &'a mut Value, path: &[&str]) -> Result<&'a mut Value, Stri
     Ok(place)
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, for messages ("a list", "null").
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -117,6 +117,21 @@ pub struct Settlement {
     pub next: Next,
 }
 
+impl Settlement {
+    /// A status to write and when to look again; nothing to prune, hand over or (un)enrol.
+    fn status(outcome: Outcome, next: Next) -> Settlement {
+        Settlement {
+            outcome,
+            prunes: vec![],
+            handovers: vec![],
+            enrol: vec![],
+            unenrol: vec![],
+            notes: vec![],
+            next,
+        }
+    }
+}
+
 /// When to reconcile again.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Next {
@@ -190,19 +205,14 @@ pub fn decide(input: &Input, observed: &Observed) -> Decision {
             message: Some(message.to_string()),
         });
     }
-    let mut settlement = Settlement {
-        outcome: Outcome {
+    let mut settlement = Settlement::status(
+        Outcome {
             state: State::Ready,
             desired_version: Some(input.release.to_string()),
             components,
         },
-        prunes: vec![],
-        handovers: vec![],
-        enrol: vec![],
-        unenrol: vec![],
-        notes: vec![],
-        next: Next::After(WHEN_READY),
-    };
+        Next::After(WHEN_READY),
+    );
     match (waiting, input.missing_gateway_api) {
         (Some((component, message)), _) => {
             let release = input.release;
@@ -385,19 +395,14 @@ fn failed(
         };
         components.push(report(rest, None, false, message));
     }
-    Decision::Settle(Settlement {
-        outcome: Outcome {
+    Decision::Settle(Settlement::status(
+        Outcome {
             state,
             desired_version: Some(input.release.to_string()),
             components,
         },
-        prunes: vec![],
-        handovers: vec![],
-        enrol: vec![],
-        unenrol: vec![],
-        notes: vec![],
         next,
-    })
+    ))
 }
 
 fn component_of(o: &Value) -> ComponentKind {

@@ -1,6 +1,7 @@
 //! The values model: layered Helm values in IstioOperator shape, merged in chart order, with
 //! unknown keys refused by name (and a suggestion) instead of being silently ignored.
 
+use crate::json::type_name;
 use serde_json::{Map, Value};
 
 /// Deep-merges `overlay` into `base`: maps merge key by key, anything else (lists included)
@@ -72,17 +73,6 @@ pub enum ValuesError {
         expected: &'static str,
         found: String,
     },
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a map",
-    }
 }
 
 /// Paths below which any key is accepted: the mesh config has its own (large, versioned)
