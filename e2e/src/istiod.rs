@@ -35,7 +35,7 @@ use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{ServiceAccountAccess, e2e_root, random_suffix};
+use crate::{ServiceAccountAccess, e2e_root, free_port, random_suffix};
 
 /// The newest patch of each bundled minor: what `make istiod` builds.
 pub const TAGS: [&str; 3] = ["1.23.6", "1.24.6", "1.25.5"];
@@ -110,12 +110,6 @@ pub struct Ports {
     pub monitoring: u16,
     /// `--ctrlz_port`: ControlZ, istiod's introspection page.
     pub ctrlz: u16,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A running `pilot-discovery`; killed on drop.
@@ -286,33 +280,31 @@ impl Istiod {
                 log,
             };
             let started = tokio::time::Instant::now();
-            // Polled by hand (not `eventually`): each round also checks that the process lives.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-            loop {
-                if let Ok(Some(status)) = istiod.child.try_wait() {
-                    if attempt < 3 && istiod.log_text().contains("address already in use") {
-                        eprintln!("istiod {}: a port was taken meanwhile; again", istiod.tag);
-                        break;
-                    }
-                    bail!(
-                        "istiod exited with {status}\n--- istiod log (last 40 lines):\n{}",
-                        istiod.log_tail(40)
-                    );
-                }
-                if http_get(istiod.ports.http, "/ready")
-                    .await
-                    .is_ok_and(|(c, _)| c == 200)
-                {
+            match wait_answering(
+                &mut istiod.child,
+                istiod.ports.http,
+                "/ready",
+                Duration::from_secs(90),
+            )
+            .await
+            {
+                Startup::Answering => {
                     eprintln!("istiod {} ready after {:?}", istiod.tag, started.elapsed());
                     return Ok(istiod);
                 }
-                if tokio::time::Instant::now() > deadline {
-                    bail!(
-                        "istiod not ready after 90 s\n--- istiod log (last 40 lines):\n{}",
-                        istiod.log_tail(40)
-                    );
+                Startup::Exited(_)
+                    if attempt < 3 && istiod.log_text().contains("address already in use") =>
+                {
+                    eprintln!("istiod {}: a port was taken meanwhile; again", istiod.tag);
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                Startup::Exited(status) => bail!(
+                    "istiod exited with {status}\n--- istiod log (last 40 lines):\n{}",
+                    istiod.log_tail(40)
+                ),
+                Startup::TimedOut => bail!(
+                    "istiod not ready after 90 s\n--- istiod log (last 40 lines):\n{}",
+                    istiod.log_tail(40)
+                ),
             }
         }
     }
@@ -322,9 +314,7 @@ impl Istiod {
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        let t = self.log_text();
-        let lines: Vec<&str> = t.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        log_tail(&self.log, n)
     }
 
     /// Error lines of the log (istiod logs `<time>\terror\t<scope>\t<message>`).
@@ -366,6 +356,46 @@ impl Istiod {
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
     }
+}
+
+/// How a just-started process came up.
+pub enum Startup {
+    Answering,
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Polls `path` on 127.0.0.1:`port` every 250 ms until it answers 200, `child` exits or
+/// `within` has passed. By hand, not `eventually`: each round also checks that the process lives.
+pub async fn wait_answering(
+    child: &mut tokio::process::Child,
+    port: u16,
+    path: &str,
+    within: Duration,
+) -> Startup {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Startup::Exited(status);
+        }
+        if http_get(port, path).await.is_ok_and(|(c, _)| c == 200) {
+            return Startup::Answering;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Startup::TimedOut;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The last `n` lines of the log file at `path` (empty when unreadable).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .get(lines.len().saturating_sub(n)..)
+        .unwrap_or_default()
+        .join("\n")
 }
 
 /// Remote addresses of process `pid`'s TCP connections that are not loopback (must be none).

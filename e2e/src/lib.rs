@@ -155,6 +155,14 @@ fn ensure_loopback(config: &Config) -> Result<()> {
 // names
 
 /// `len` random characters from `[a-z0-9]`, different on every call.
+/// A loopback port free at the time of asking (another process may still take it before
+/// the caller binds it).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 pub fn random_suffix(len: usize) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

@@ -85,9 +85,7 @@ impl Operator {
     /// Starts `run` with `args` under `kubeconfig`, without waiting for it. The Lease's
     /// namespace is whatever `args` say (`POD_NAMESPACE` is not inherited).
     pub async fn spawn(kubeconfig: &Path, args: &[&str]) -> Result<Operator> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = crate::free_port()?;
         let log = std::env::temp_dir().join(format!("istio-install-operator-{port}.log"));
         let file = std::fs::File::create(&log)?;
         let bin = operator_binary();
@@ -207,6 +205,14 @@ pub fn ready_at_generation(ii: &DynamicObject) -> bool {
     condition(ii, "Ready").is_some_and(|c| c["status"] == "True")
         && ii.metadata.generation.is_some()
         && ii.data["status"]["observedGeneration"] == ii.metadata.generation.unwrap_or(-1)
+}
+
+/// Waits until IstioInstall `name` is Ready at `version` (see [`is_ready_at`]).
+pub async fn wait_ready_at(c: &Client, name: &str, version: &str) -> Result<DynamicObject> {
+    wait_install(c, name, &format!("Ready at {version}"), |ii| {
+        is_ready_at(ii, version)
+    })
+    .await
 }
 
 /// Polls IstioInstall `name` until `check` holds (within [`INSTALL_TIMEOUT`]); fails naming

@@ -26,8 +26,8 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-use crate::istiod::{Istiod, http_get, non_loopback_peers};
-use crate::{e2e_root, random_suffix};
+use crate::istiod::{Istiod, Startup, http_get, log_tail, non_loopback_peers, wait_answering};
+use crate::{e2e_root, free_port, random_suffix};
 
 /// `$E2E_ROOT/bin/ztunnel-<tag>/ztunnel`.
 pub fn binary(tag: &str) -> PathBuf {
@@ -48,12 +48,6 @@ pub fn availability(tag: &str) -> Result<(), String> {
          (e2e/README.md, 'Real istiod')",
         b.display()
     ))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A running ztunnel; killed on drop.
@@ -193,27 +187,23 @@ impl Ztunnel {
             dir,
             log,
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = z.child.try_wait() {
-                bail!(
-                    "ztunnel exited with {status}\n--- ztunnel log (last 40 lines):\n{}",
-                    z.log_tail(40)
-                );
-            }
-            if http_get(z.admin_port, "/config_dump")
-                .await
-                .is_ok_and(|(c, _)| c == 200)
-            {
-                return Ok(z);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "ztunnel's admin port did not answer within 60 s\n--- ztunnel log (last 40 lines):\n{}",
-                    z.log_tail(40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        match wait_answering(
+            &mut z.child,
+            z.admin_port,
+            "/config_dump",
+            Duration::from_secs(60),
+        )
+        .await
+        {
+            Startup::Answering => Ok(z),
+            Startup::Exited(status) => bail!(
+                "ztunnel exited with {status}\n--- ztunnel log (last 40 lines):\n{}",
+                z.log_tail(40)
+            ),
+            Startup::TimedOut => bail!(
+                "ztunnel's admin port did not answer within 60 s\n--- ztunnel log (last 40 lines):\n{}",
+                z.log_tail(40)
+            ),
         }
     }
 
@@ -229,12 +219,7 @@ impl Ztunnel {
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        let t = self.log_text();
-        let lines: Vec<&str> = t.lines().collect();
-        lines
-            .get(lines.len().saturating_sub(n)..)
-            .unwrap_or_default()
-            .join("\n")
+        log_tail(&self.log, n)
     }
 
     /// Remote addresses of its TCP connections that are not loopback (must be none).

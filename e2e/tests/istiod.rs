@@ -25,7 +25,7 @@
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use istio_install_e2e::istiod::{self, Admission, Config, Istiod, Target, UpstreamConfig};
 use istio_install_e2e::operator::{
-    INSTALL_TIMEOUT, Operator, apply_install, is_ready_at, remove_all_installs, wait_install,
+    INSTALL_TIMEOUT, Operator, apply_install, remove_all_installs, wait_ready_at,
 };
 use istio_install_e2e::ztunnel::{self, Ztunnel};
 use istio_install_e2e::{TestNamespace, client, eventually, parse_yaml_documents};
@@ -167,7 +167,7 @@ async fn install_scenario(tag: &str, profile: &str) -> Result<()> {
         deployments.len()
     );
     let ours = Istiod::start(&admin, &deployments[0], Config::Cluster).await?;
-    wait_ready(&admin, "real", tag).await?;
+    wait_ready_at(&admin, "real", tag).await?;
     ensure!(ours.version().await? == tag, "istiod binary is not {tag}");
 
     let expected_proxy = format!("{hub}/proxyv2:{tag}-distroless");
@@ -318,7 +318,7 @@ async fn upgrade_scenario(from: &str, to: &str) -> Result<()> {
     label_namespace(&admin, app_ns.name(), &[("istio-injection", "enabled")]).await?;
 
     apply_install(&admin, "up", json!({"version": from, "profile": "default"})).await?;
-    wait_ready(&admin, "up", from).await?;
+    wait_ready_at(&admin, "up", from).await?;
     let old = Istiod::start(
         &admin,
         &istiod_deployments(&admin).await?[0],
@@ -361,7 +361,7 @@ async fn upgrade_scenario(from: &str, to: &str) -> Result<()> {
         Config::Cluster,
     )
     .await?;
-    wait_ready(&admin, "up", to).await?;
+    wait_ready_at(&admin, "up", to).await?;
     ensure!(new.version().await? == to, "the running istiod is not {to}");
     let adm = Admission {
         client: &admin,
@@ -1089,15 +1089,4 @@ async fn delete_crds(admin: &Client, names: &[String]) -> Result<()> {
         },
     )
     .await
-}
-
-// ---------------------------------------------------------------------------------------------
-// the operator
-
-async fn wait_ready(c: &Client, name: &str, version: &str) -> Result<()> {
-    wait_install(c, name, &format!("Ready at {version}"), |ii| {
-        is_ready_at(ii, version)
-    })
-    .await
-    .map(|_| ())
 }

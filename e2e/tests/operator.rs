@@ -7,7 +7,7 @@
 use anyhow::{Context as _, Result, bail};
 use istio_install_e2e::operator::{
     INSTALL_TIMEOUT, Operator, apply_install, condition, installs, is_ready_at, operator_binary,
-    prepare, remove_all_installs, wait_install,
+    prepare, remove_all_installs, wait_install, wait_ready_at,
 };
 use istio_install_e2e::{ServiceAccountAccess, client, eventually};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -62,10 +62,7 @@ async fn ambient_install_reaches_ready_and_self_heals() -> Result<()> {
         json!({"version": "1.24", "profile": "ambient"}),
     )
     .await?;
-    let ii = wait_install(&admin, "ambient", "Ready at 1.24.6", |ii| {
-        is_ready_at(ii, "1.24.6")
-    })
-    .await?;
+    let ii = wait_ready_at(&admin, "ambient", "1.24.6").await?;
     let names: Vec<&str> = ii.data["status"]["components"]
         .as_array()
         .unwrap()
@@ -154,10 +151,7 @@ async fn default_profile_installs_and_uninstall_keeps_user_config() -> Result<()
         json!({"version": "1.23.6", "profile": "default"}),
     )
     .await?;
-    wait_install(&admin, "sidecar", "Ready at 1.23.6", |ii| {
-        is_ready_at(ii, "1.23.6")
-    })
-    .await?;
+    wait_ready_at(&admin, "sidecar", "1.23.6").await?;
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "istio-system");
     assert!(deployments.get_opt("istio-ingressgateway").await?.is_some());
 
@@ -694,10 +688,7 @@ async fn in_place_upgrade_and_downgrade_follow_istios_order() -> Result<()> {
         json!({"version": "1.23", "profile": "ambient"}),
     )
     .await?;
-    wait_install(&admin, name, "Ready at 1.23.6", |ii| {
-        is_ready_at(ii, "1.23.6")
-    })
-    .await?;
+    wait_ready_at(&admin, name, "1.23.6").await?;
 
     // Up to 1.24.0: istiod first, then istio-cni, then ztunnel, each after the one before is
     // rolled out; the known hazards of 1.23 → 1.24.0 are announced.
@@ -707,10 +698,7 @@ async fn in_place_upgrade_and_downgrade_follow_istios_order() -> Result<()> {
         json!({"version": "1.24.0", "profile": "ambient"}),
     )
     .await?;
-    let ii = wait_install(&admin, name, "Ready at 1.24.0", |ii| {
-        is_ready_at(ii, "1.24.0")
-    })
-    .await?;
+    let ii = wait_ready_at(&admin, name, "1.24.0").await?;
     for c in ii.data["status"]["components"].as_array().unwrap() {
         assert_eq!(c["version"], "1.24.0", "{c}");
     }
@@ -795,10 +783,7 @@ async fn in_place_upgrade_to_1_25_follows_istios_order_one_minor_at_a_time() -> 
         json!({"version": "1.24.6", "profile": "ambient"}),
     )
     .await?;
-    wait_install(&admin, name, "Ready at 1.24.6", |ii| {
-        is_ready_at(ii, "1.24.6")
-    })
-    .await?;
+    wait_ready_at(&admin, name, "1.24.6").await?;
 
     // Up to 1.25.5, the bundle added without Rust: the same order and preflight as 1.23 → 1.24,
     // and the hazard 1.25's upgrade notes name (DNS capture on only for pods started after).
@@ -808,10 +793,7 @@ async fn in_place_upgrade_to_1_25_follows_istios_order_one_minor_at_a_time() -> 
         json!({"version": "1.25", "profile": "ambient"}),
     )
     .await?;
-    let ii = wait_install(&admin, name, "Ready at 1.25.5", |ii| {
-        is_ready_at(ii, "1.25.5")
-    })
-    .await?;
+    let ii = wait_ready_at(&admin, name, "1.25.5").await?;
     for c in ii.data["status"]["components"].as_array().unwrap() {
         assert_eq!(c["version"], "1.25.5", "{c}");
     }
@@ -971,10 +953,7 @@ async fn an_istio_operator_install_is_converted_and_adopted_in_place() -> Result
     // The operator takes the running install over in place.
     let install = istio_install_e2e::parse_yaml_documents(&converted)?.remove(0);
     istio_install_e2e::apply_manifest(&admin, &install, None, "e2e-test").await?;
-    wait_install(&admin, "installed-state", "Ready at 1.23.6", |ii| {
-        is_ready_at(ii, "1.23.6")
-    })
-    .await?;
+    wait_ready_at(&admin, "installed-state", "1.23.6").await?;
     let after = deployments.get("istiod").await?;
     assert_eq!(
         after.metadata.uid, before.metadata.uid,
@@ -1025,10 +1004,7 @@ async fn a_canary_revision_takes_over_a_revision_tag_without_a_gap() -> Result<(
         json!({"version": "1.23", "profile": "default", "values": {"revisionTags": ["prod"]}}),
     )
     .await?;
-    wait_install(&admin, "stable", "Ready at 1.23.6", |ii| {
-        is_ready_at(ii, "1.23.6")
-    })
-    .await?;
+    wait_ready_at(&admin, "stable", "1.23.6").await?;
 
     // The canary: 1.24 as revision 1-24 next to it; the CRDs and the gateway stay with stable.
     let canary = |tags: Value| {
@@ -1038,10 +1014,7 @@ async fn a_canary_revision_takes_over_a_revision_tag_without_a_gap() -> Result<(
                               "ingressGateways": [{"name": "istio-ingressgateway", "enabled": false}]}})
     };
     apply_install(&admin, "canary", canary(json!([]))).await?;
-    wait_install(&admin, "canary", "Ready at 1.24.6", |ii| {
-        is_ready_at(ii, "1.24.6")
-    })
-    .await?;
+    wait_ready_at(&admin, "canary", "1.24.6").await?;
 
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(admin.clone());
     let tag = "istio-revision-tag-prod";
@@ -1950,10 +1923,7 @@ async fn an_error_mid_way_through_a_rollback_keeps_the_rollback_order() -> Resul
         json!({"version": "1.23.6", "profile": "ambient"}),
     )
     .await?;
-    wait_install(&admin, name, "Ready at 1.23.6", |ii| {
-        is_ready_at(ii, "1.23.6")
-    })
-    .await?;
+    wait_ready_at(&admin, name, "1.23.6").await?;
 
     // Half an upgrade: istiod and istio-cni move to 1.24.6, ztunnel cannot.
     let ztunnel = RefusedWrites::start(&admin, "ztunnel").await?;

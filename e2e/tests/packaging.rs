@@ -15,6 +15,7 @@
 //! ClusterRole and Helm release): one at a time (a lock), each from a cluster without them.
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use istio_install_e2e::operator::installs;
 use istio_install_e2e::{
     DEFAULT_TIMEOUT, ServiceAccountAccess, apply_crd_file, client, e2e_root, eventually,
     kubeconfig_path, kubectl_path, kwok_nodes, parse_yaml_documents, read_yaml_documents,
@@ -25,7 +26,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -129,20 +130,6 @@ fn kubectl(args: &[&str], stdin: Option<&str>) -> Result<String> {
 
 // ---------------------------------------------------------------------------------------------
 // the cluster's operator objects
-
-fn ii_resource() -> ApiResource {
-    ApiResource {
-        group: "istioinstall.io".into(),
-        version: "v1alpha1".into(),
-        api_version: "istioinstall.io/v1alpha1".into(),
-        kind: "IstioInstall".into(),
-        plural: "istioinstalls".into(),
-    }
-}
-
-fn installs(c: &Client) -> Api<DynamicObject> {
-    Api::all_with(c.clone(), &ii_resource())
-}
 
 /// A cluster without the operator: no Helm release, no IstioInstall (finalizers dropped: no
 /// operator runs here), no CRD, no namespace, ClusterRole or ClusterRoleBinding of the operator.
@@ -762,9 +749,7 @@ struct ImageOperator {
 
 impl ImageOperator {
     async fn start(root: &Path, kubeconfig: &Path) -> Result<ImageOperator> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = istio_install_e2e::free_port()?;
         let log = std::fs::File::create(
             std::env::temp_dir().join(format!("istio-install-operator-image-{port}.log")),
         )?;
